@@ -1,0 +1,131 @@
+"""Service configuration: environment variables with the prefix ``EXECUTOR_`` or a ``.env`` file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import AliasChoices, Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every knob of the service. The README's configuration table mirrors this class."""
+
+    model_config = SettingsConfigDict(env_prefix="EXECUTOR_", env_file=".env", extra="ignore")
+
+    host: str = Field("127.0.0.1", description="Address to listen on.")
+    port: int = Field(8000, ge=1, le=65535, description="Port to listen on.")
+    api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated API keys. Required to listen beyond loopback.",
+    )
+    data_dir: Path = Field(Path("data"), description="Where the database and session work dirs live.")
+    database_url: str | None = Field(None, description="SQLAlchemy async URL; default SQLite in the data dir.")
+    backend: Literal["local"] = Field("local", description="Sandbox backend for new sessions.")
+    allow_unjailed: bool = Field(
+        False,
+        description="Allow the local backend to run kernels without bubblewrap (development only: "
+        "no filesystem, network or process isolation).",
+    )
+    sandbox_uid_base: int = Field(
+        61000, ge=1000, description="First uid of the range the local backend gives to sessions (root only)."
+    )
+    sandbox_uid_count: int = Field(1000, ge=1, description="Size of that uid range.")
+    use_cgroups: bool = Field(True, description="Enforce memory, pids and CPU with a cgroup when possible.")
+
+    max_sessions: int = Field(20, ge=1, description="Live sessions on this host, all principals.")
+    max_sessions_per_principal: int = Field(5, ge=1, description="Live sessions per API key.")
+
+    default_timeout_s: float = Field(60, gt=0, description="Cell timeout when none is given.")
+    max_timeout_s: float = Field(600, gt=0, description="Largest cell timeout a client may ask for.")
+    default_memory_mb: int = Field(512, ge=64, description="Memory limit of a session.")
+    max_memory_mb: int = Field(4096, ge=64, description="Largest memory limit a client may ask for.")
+    default_cpus: float = Field(1.0, gt=0, description="CPU limit of a session (cores).")
+    max_cpus: float = Field(2.0, gt=0, description="Largest CPU limit a client may ask for.")
+    default_pids: int = Field(128, ge=16, description="Process/thread limit of a session.")
+    max_pids: int = Field(1024, ge=16, description="Largest pids limit a client may ask for.")
+    default_ttl_s: int = Field(3600, ge=10, description="Idle time after which a session is culled.")
+    max_ttl_s: int = Field(86400, ge=10, description="Largest idle ttl a client may ask for.")
+    max_file_size_mb: int = Field(256, ge=1, description="Largest file a cell may write (RLIMIT_FSIZE).")
+    max_open_files: int = Field(1024, ge=64, description="Open-file limit inside a sandbox.")
+
+    max_stream_bytes: int = Field(1 << 20, ge=1024, description="Cap on stdout and on stderr per execution.")
+    max_outputs_bytes: int = Field(16 << 20, ge=1024, description="Cap on rich outputs per execution.")
+    inline_file_max_bytes: int = Field(
+        256 << 10, ge=0, description="Changed files up to this size are returned inline (base64)."
+    )
+    max_inline_files_bytes: int = Field(4 << 20, ge=0, description="Cap on all inline files of one result.")
+    max_upload_mb: int = Field(100, ge=1, description="Largest upload.")
+    cull_interval_s: float = Field(15, gt=0, description="How often idle sessions are looked for.")
+    kernel_start_timeout_s: float = Field(30, gt=0, description="How long a kernel may take to start.")
+
+    # Outbound HTTP (executor/net.py) and OpenAPI tool servers (executor/openapi/).
+    egress_allowlist: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated hosts, host:port pairs and CIDRs that outbound calls may reach even "
+        "though they resolve to loopback, private, link-local or metadata addresses.",
+    )
+    tool_server_connections: list[dict[str, Any]] = Field(
+        default_factory=list,
+        validation_alias=AliasChoices(
+            "tool_server_connections", "EXECUTOR_TOOL_SERVER_CONNECTIONS", "TOOL_SERVER_CONNECTIONS"
+        ),
+        description="Open WebUI-style JSON list of tool-server connections used until one is saved "
+        "through the API (also read from the plain TOOL_SERVER_CONNECTIONS variable).",
+    )
+    tool_server_connect_timeout_s: float = Field(5, gt=0, description="Connect timeout of outbound calls.")
+    tool_server_read_timeout_s: float = Field(30, gt=0, description="Read timeout of outbound calls.")
+    tool_server_timeout_s: float = Field(60, gt=0, description="Total time of one outbound call, retries included.")
+    tool_server_retries: int = Field(
+        2, ge=0, le=10, description="Retries of idempotent calls on connection errors and 502/503/504."
+    )
+    tool_server_retry_backoff_s: float = Field(
+        0.5, ge=0, description="First retry delay; doubles each retry, with full jitter."
+    )
+    tool_server_max_response_bytes: int = Field(
+        10 << 20, ge=1024, description="Outbound response bodies are cut at this size."
+    )
+    tool_server_max_redirects: int = Field(5, ge=0, le=20, description="Redirects followed per outbound call.")
+    tool_server_spec_ttl_s: float = Field(
+        300, ge=0, description="How long a fetched OpenAPI spec is used before it is revalidated."
+    )
+    tool_server_rate_limit_per_principal: int = Field(
+        120, ge=0, description="Tool-server calls per minute per API key (0: unlimited)."
+    )
+    tool_server_rate_limit_per_connection: int = Field(
+        300, ge=0, description="Tool-server calls per minute per connection (0: unlimited)."
+    )
+    tool_server_forward_user_info: bool = Field(
+        False, description="Send X-OpenWebUI-User-* headers with the caller's identity to tool servers."
+    )
+
+    @field_validator("egress_allowlist", mode="before")
+    @classmethod
+    def _split_allowlist(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [k.strip() for k in value.split(",") if k.strip()]
+        return value
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [k.strip() for k in value.split(",") if k.strip()]
+        return value
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        self.data_dir = self.data_dir.expanduser().resolve()
+        for name in ("timeout_s", "memory_mb", "cpus", "pids", "ttl_s"):
+            if getattr(self, f"default_{name}") > getattr(self, f"max_{name}"):
+                raise ValueError(f"EXECUTOR_DEFAULT_{name.upper()} is larger than EXECUTOR_MAX_{name.upper()}")
+        return self
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite+aiosqlite:///{self.data_dir / 'executor.db'}"
+
+    @property
+    def auth_enabled(self) -> bool:
+        return bool(self.api_keys)

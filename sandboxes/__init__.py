@@ -1,0 +1,1 @@
+"""Where user code runs. Knows nothing of HTTP; never imports ``executor``."""

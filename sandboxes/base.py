@@ -1,0 +1,123 @@
+"""The Sandbox protocol every backend implements, and the Events a running cell yields.
+
+Events are a typed, transport-free view of the kernel's iopub messages; the service folds them into results.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol, runtime_checkable
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Resource limits of one sandbox. Wall time per cell is enforced by the caller of ``execute``."""
+
+    memory_mb: int = 512
+    cpus: float = 1.0
+    pids: int = 128
+    file_size_mb: int = 256
+    open_files: int = 1024
+
+
+@dataclass(slots=True)
+class StreamEvent:
+    name: Literal["stdout", "stderr"]
+    text: str
+    type: Literal["stream"] = "stream"
+
+
+@dataclass(slots=True)
+class DisplayEvent:
+    """``display_data`` or, with ``update=True``, ``update_display_data`` for ``display_id``."""
+
+    data: dict[str, Any]
+    metadata: dict[str, Any] = field(default_factory=dict)
+    display_id: str | None = None
+    update: bool = False
+    type: Literal["display"] = "display"
+
+
+@dataclass(slots=True)
+class ResultEvent:
+    """``execute_result``: the value of the cell's last expression as a MIME bundle."""
+
+    data: dict[str, Any]
+    metadata: dict[str, Any] = field(default_factory=dict)
+    execution_count: int | None = None
+    type: Literal["result"] = "result"
+
+
+@dataclass(slots=True)
+class ErrorEvent:
+    name: str
+    value: str
+    traceback: list[str] = field(default_factory=list)
+    type: Literal["error"] = "error"
+
+
+@dataclass(slots=True)
+class ClearEvent:
+    wait: bool = False
+    type: Literal["clear"] = "clear"
+
+
+@dataclass(slots=True)
+class StatusEvent:
+    state: Literal["busy", "idle"]
+    type: Literal["status"] = "status"
+
+
+EndStatus = Literal["ok", "error", "timeout", "dead"]
+
+
+@dataclass(slots=True)
+class EndEvent:
+    """Always the last event of ``execute``.
+
+    ``timeout``: the wall time ran out and the kernel was interrupted (``kernel_alive`` says whether it
+    survived); ``dead``: the kernel process ended during the cell, ``reason`` says how.
+    """
+
+    status: EndStatus
+    reason: str | None = None
+    kernel_alive: bool = True
+    type: Literal["end"] = "end"
+
+
+Event = StreamEvent | DisplayEvent | ResultEvent | ErrorEvent | ClearEvent | StatusEvent | EndEvent
+
+
+class SandboxError(RuntimeError):
+    """A sandbox could not be created or used; the message says why and, where it can, how to fix it."""
+
+
+@runtime_checkable
+class Sandbox(Protocol):
+    """One isolated kernel with its own work dir. Not shared between sessions, never recycled."""
+
+    id: str
+    workdir: Path
+    jail: str
+
+    async def start(self) -> None:
+        """Start the kernel and return once it answers and its output channel is live."""
+
+    def execute(self, code: str, *, timeout: float) -> AsyncIterator[Event]:
+        """Run ``code``; yield its Events as they arrive, ending with exactly one EndEvent."""
+
+    async def interrupt(self) -> None:
+        """Ask the running cell to stop (KeyboardInterrupt in the kernel)."""
+
+    @property
+    def alive(self) -> bool:
+        """False once the kernel process has ended."""
+
+    @property
+    def exit_reason(self) -> str | None:
+        """Why the kernel ended, once it has."""
+
+    async def close(self) -> None:
+        """Kill the kernel and every process it started, and remove its work dir. Idempotent."""
