@@ -1,0 +1,418 @@
+"""The outbound-HTTP policy: every request the service makes to the outside goes through here.
+
+SSRF protection works at the socket level: the HTTP client's connection pool gets a network backend that
+resolves the host, refuses forbidden addresses (loopback, private, link-local, CGNAT, unique-local,
+multicast, unspecified, reserved, cloud metadata) unless the admin's allow-list permits them, and then
+connects to exactly the address it checked. TLS and the ``Host`` header still use the original name, so
+certificates are verified as usual, and there is no second DNS lookup an attacker could rebind. Redirects
+are followed here (never by httpx) so each hop is checked the same way, credentials are dropped when the
+origin changes, and the number of hops is capped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json as jsonlib
+import logging
+import random
+import socket
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urljoin
+
+import httpcore
+import httpx
+from httpcore._backends.auto import AutoBackend
+from httpcore._backends.base import SOCKET_OPTION, AsyncNetworkBackend, AsyncNetworkStream
+
+log = logging.getLogger(__name__)
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+# Addresses that answer for cloud instance metadata; refused even though some are not "private".
+METADATA_ADDRESSES: frozenset[IPAddress] = frozenset(
+    ipaddress.ip_address(a)
+    for a in (
+        "169.254.169.254",  # AWS, GCP, Azure, OpenStack, DigitalOcean...
+        "169.254.170.2",  # AWS ECS task metadata
+        "100.100.100.200",  # Alibaba Cloud
+        "168.63.129.16",  # Azure wire server
+        "fd00:ec2::254",  # AWS IPv6
+    )
+)
+CGNAT = ipaddress.ip_network("100.64.0.0/10")
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
+RETRY_STATUSES = frozenset({502, 503, 504})
+# Headers kept when a redirect leaves the origin; everything else may carry credentials.
+CROSS_ORIGIN_SAFE_HEADERS = frozenset({"accept", "accept-encoding", "accept-language", "user-agent"})
+
+
+class EgressDenied(Exception):
+    """An outbound request was refused by policy; ``rule`` names the rule that refused it."""
+
+    def __init__(self, rule: str, message: str) -> None:
+        super().__init__(message)
+        self.rule = rule
+        self.message = message
+
+
+def forbidden_reason(ip: IPAddress) -> str | None:
+    """Return why ``ip`` may not be reached without an allow-list entry, or None when it is public."""
+    if isinstance(ip, ipaddress.IPv6Address):
+        # An IPv4 address wrapped in IPv6 reaches the IPv4 host: judge that one.
+        mapped = ip.ipv4_mapped or ip.sixtofour
+        if mapped is not None:
+            return forbidden_reason(mapped)
+        if ip.teredo is not None:
+            return forbidden_reason(ip.teredo[1])
+    if ip in METADATA_ADDRESSES:
+        return "metadata"
+    if ip.is_unspecified:
+        return "unspecified"
+    if ip.is_loopback:
+        return "loopback"
+    if ip.is_link_local:
+        return "link-local"
+    if ip.is_multicast:
+        return "multicast"
+    if isinstance(ip, ipaddress.IPv4Address) and ip in CGNAT:
+        return "cgnat"
+    if isinstance(ip, ipaddress.IPv6Address) and ip in ipaddress.ip_network("fc00::/7"):
+        return "unique-local"
+    if ip.is_reserved:
+        return "reserved"
+    if ip.is_private:
+        return "private"
+    if not ip.is_global:
+        return "reserved"
+    return None
+
+
+@dataclass(frozen=True)
+class EgressPolicy:
+    """The admin's allow-list: host names, ``host:port`` pairs and CIDR networks."""
+
+    hosts: frozenset[str] = frozenset()
+    host_ports: frozenset[tuple[str, int]] = frozenset()
+    networks: tuple[IPNetwork, ...] = ()
+
+    @classmethod
+    def from_entries(cls, entries: Iterable[str]) -> EgressPolicy:
+        """Parse ``EXECUTOR_EGRESS_ALLOWLIST`` entries; raise ValueError naming a bad one."""
+        hosts: set[str] = set()
+        host_ports: set[tuple[str, int]] = set()
+        networks: list[IPNetwork] = []
+        for raw in entries:
+            entry = raw.strip().lower()
+            if not entry:
+                continue
+            try:
+                networks.append(ipaddress.ip_network(entry.strip("[]"), strict=False))
+                continue
+            except ValueError:
+                pass
+            host, sep, port = entry.rpartition(":")
+            if sep and port.isdigit() and host and not host.endswith(":"):
+                if not 0 < int(port) < 65536:
+                    raise ValueError(f"egress allow-list entry {raw!r}: port out of range")
+                host_ports.add((host.strip("[]"), int(port)))
+            elif entry.replace(".", "").replace("-", "").replace("_", "").isalnum():
+                hosts.add(entry)
+            else:
+                raise ValueError(f"egress allow-list entry {raw!r} is not a host, host:port or CIDR")
+        return cls(frozenset(hosts), frozenset(host_ports), tuple(networks))
+
+    def allows(self, host: str, port: int, ip: IPAddress) -> bool:
+        """True when an allow-list entry covers this name, name:port, address or address:port."""
+        host = host.lower().strip("[]")
+        if host in self.hosts or (host, port) in self.host_ports:
+            return True
+        if (str(ip), port) in self.host_ports or str(ip) in self.hosts:
+            return True
+        return any(ip.version == net.version and ip in net for net in self.networks)
+
+    async def resolve(self, host: str, port: int) -> list[str]:
+        """Resolve ``host`` and return the addresses that may be connected to, in resolver order.
+
+        Refuses the whole host when any of its addresses is forbidden: a name that resolves to both a
+        public and an internal address is an attack, not a fallback.
+        """
+        bare = host.strip("[]")
+        try:
+            addresses: list[IPAddress] = [ipaddress.ip_address(bare)]
+        except ValueError:
+            try:
+                infos = await asyncio.get_running_loop().getaddrinfo(
+                    bare, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP
+                )
+            except (socket.gaierror, UnicodeError) as exc:
+                raise EgressDenied("dns", f"cannot resolve host {bare!r}: {exc}") from exc
+            addresses = []
+            for info in infos:
+                ip = ipaddress.ip_address(str(info[4][0]).split("%")[0])
+                if ip not in addresses:
+                    addresses.append(ip)
+            if not addresses:
+                raise EgressDenied("dns", f"host {bare!r} has no address") from None
+        for ip in addresses:
+            reason = forbidden_reason(ip)
+            if reason and not self.allows(bare, port, ip):
+                raise EgressDenied(
+                    reason,
+                    f"refused to connect to {bare}:{port}: address {ip} is {reason} "
+                    "(add the host, host:port or a CIDR to EXECUTOR_EGRESS_ALLOWLIST to allow it)",
+                )
+        return [str(ip) for ip in addresses]
+
+
+class GuardedBackend(AsyncNetworkBackend):
+    """httpcore network backend that checks the policy and connects to the checked address only."""
+
+    def __init__(self, policy: EgressPolicy) -> None:
+        self.policy = policy
+        self._inner = AutoBackend()
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[SOCKET_OPTION] | None = None,
+    ) -> AsyncNetworkStream:
+        addresses = await self.policy.resolve(host, port)
+        last: Exception | None = None
+        for address in addresses:
+            try:
+                return await self._inner.connect_tcp(
+                    address, port, timeout=timeout, local_address=local_address, socket_options=socket_options
+                )
+            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
+                last = exc
+        assert last is not None
+        raise last
+
+    async def connect_unix_socket(
+        self, path: str, timeout: float | None = None, socket_options: Iterable[SOCKET_OPTION] | None = None
+    ) -> AsyncNetworkStream:
+        raise EgressDenied("unix-socket", "outbound calls may not use unix sockets")
+
+    async def sleep(self, seconds: float) -> None:
+        await self._inner.sleep(seconds)
+
+
+class GuardedTransport(httpx.AsyncHTTPTransport):
+    """httpx transport whose connection pool dials through :class:`GuardedBackend`."""
+
+    def __init__(self, policy: EgressPolicy, limits: httpx.Limits | None = None) -> None:
+        limits = limits or httpx.Limits(max_connections=100, max_keepalive_connections=20)
+        super().__init__(limits=limits, trust_env=False)
+        # Replacing the pool is the one place httpx lets a network backend in; keep its settings.
+        self._pool = httpcore.AsyncConnectionPool(
+            ssl_context=httpx.create_ssl_context(trust_env=False),
+            max_connections=limits.max_connections,
+            max_keepalive_connections=limits.max_keepalive_connections,
+            keepalive_expiry=limits.keepalive_expiry,
+            network_backend=GuardedBackend(policy),
+        )
+
+
+@dataclass
+class OutboundResponse:
+    """A fully read (and possibly cut) response."""
+
+    status_code: int
+    headers: httpx.Headers
+    content: bytes
+    url: str
+    truncated: bool = False
+    redirects: list[str] = field(default_factory=list)
+
+    @property
+    def content_type(self) -> str:
+        return self.headers.get("content-type", "").split(";")[0].strip().lower()
+
+    def text(self) -> str:
+        return self.content.decode(_charset(self.headers), errors="replace")
+
+
+def _charset(headers: httpx.Headers) -> str:
+    for part in headers.get("content-type", "").split(";")[1:]:
+        key, _, value = part.strip().partition("=")
+        if key.lower() == "charset" and value:
+            return value.strip('"')
+    return "utf-8"
+
+
+@dataclass(frozen=True)
+class OutboundLimits:
+    """Timeouts, retries, redirects and the size cap of one kind of outbound call."""
+
+    connect_timeout_s: float = 5
+    read_timeout_s: float = 30
+    total_timeout_s: float = 60
+    retries: int = 2
+    backoff_s: float = 0.5
+    max_redirects: int = 5
+    max_response_bytes: int = 10 << 20
+
+
+class OutboundTimeout(Exception):
+    """The total time of an outbound call ran out."""
+
+
+def check_header(name: str, value: str) -> None:
+    """Refuse header names and values that could split a request (CR, LF, NUL)."""
+    if not name or any(c in name for c in "\r\n\0:") or name != name.strip():
+        raise EgressDenied("header-injection", f"header name {name!r} is not allowed")
+    if any(c in value for c in "\r\n\0"):
+        raise EgressDenied("header-injection", f"header {name!r} contains CR, LF or NUL")
+
+
+def check_path_value(name: str, value: str) -> None:
+    """Refuse path parameter values that would climb out of the operation's path once decoded."""
+    for seg in value.replace("\\", "/").split("/"):
+        if seg in (".", ".."):
+            raise EgressDenied("path-traversal", f"path parameter {name!r} contains a '.' or '..' segment")
+
+
+def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
+    return url.scheme, url.host, url.port
+
+
+class OutboundClient:
+    """One shared, pooled ``httpx.AsyncClient`` with the policy applied to every request."""
+
+    def __init__(self, policy: EgressPolicy, limits: OutboundLimits) -> None:
+        self.policy = policy
+        self.limits = limits
+        self._client = httpx.AsyncClient(
+            transport=GuardedTransport(policy),
+            follow_redirects=False,
+            trust_env=False,  # an env proxy would dial on our behalf, past the guard
+            timeout=httpx.Timeout(
+                limits.read_timeout_s, connect=limits.connect_timeout_s, pool=limits.connect_timeout_s
+            ),
+        )
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    async def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        json: Any = None,
+        content: bytes | None = None,
+        limits: OutboundLimits | None = None,
+    ) -> OutboundResponse:
+        """Send one request: checked, retried, redirect-followed and size-capped within the total timeout.
+
+        Raises :class:`EgressDenied`, :class:`OutboundTimeout` or ``httpx.HTTPError`` (connection errors
+        after the last retry).
+        """
+        lim = limits or self.limits
+        method = method.upper()
+        hdrs = httpx.Headers(headers or {})
+        for name, value in hdrs.items():
+            check_header(name, value)
+        if json is not None:
+            content = _json_bytes(json)
+            hdrs.setdefault("content-type", "application/json")
+        try:
+            async with asyncio.timeout(lim.total_timeout_s):
+                return await self._follow(method, httpx.URL(url), hdrs, content, lim)
+        except TimeoutError as exc:
+            raise OutboundTimeout(f"no complete response within {lim.total_timeout_s:g}s") from exc
+
+    async def _follow(
+        self, method: str, url: httpx.URL, headers: httpx.Headers, content: bytes | None, lim: OutboundLimits
+    ) -> OutboundResponse:
+        redirects: list[str] = []
+        while True:
+            if url.scheme not in ("http", "https"):
+                raise EgressDenied("scheme", f"scheme {url.scheme!r} is not allowed (only http and https)")
+            resp = await self._with_retries(method, url, headers, content, lim)
+            location = resp.headers.get("location")
+            if resp.status_code not in (301, 302, 303, 307, 308) or not location:
+                resp.redirects = redirects
+                return resp
+            if len(redirects) >= lim.max_redirects:
+                raise EgressDenied("redirects", f"more than {lim.max_redirects} redirects")
+            target = httpx.URL(urljoin(str(url), location))
+            if _origin(target) != _origin(url):
+                headers = httpx.Headers({k: v for k, v in headers.items() if k.lower() in CROSS_ORIGIN_SAFE_HEADERS})
+            if resp.status_code == 303 or (resp.status_code in (301, 302) and method == "POST"):
+                # What browsers do: the body does not follow, and neither does its type.
+                method = "GET" if method != "HEAD" else method
+                content = None
+                headers = httpx.Headers(
+                    {k: v for k, v in headers.items() if k.lower() not in ("content-type", "content-length")}
+                )
+            redirects.append(str(target))
+            url = target
+
+    async def _with_retries(
+        self, method: str, url: httpx.URL, headers: httpx.Headers, content: bytes | None, lim: OutboundLimits
+    ) -> OutboundResponse:
+        attempts = 1 + (lim.retries if method in IDEMPOTENT_METHODS else 0)
+        for attempt in range(attempts):
+            last_try = attempt == attempts - 1
+            try:
+                resp = await self._send_once(method, url, headers, content, lim)
+            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError):
+                if last_try:
+                    raise
+            else:
+                if last_try or resp.status_code not in RETRY_STATUSES:
+                    return resp
+            # Full jitter: spreads retries of many callers instead of synchronising them.
+            await asyncio.sleep(random.uniform(0, lim.backoff_s * (2**attempt)))
+        raise AssertionError("unreachable")
+
+    async def _send_once(
+        self, method: str, url: httpx.URL, headers: httpx.Headers, content: bytes | None, lim: OutboundLimits
+    ) -> OutboundResponse:
+        request = self._client.build_request(method, url, headers=headers, content=content)
+        started = time.monotonic()
+        response = await self._client.send(request, stream=True)
+        try:
+            chunks: list[bytes] = []
+            size = 0
+            truncated = False
+            async for chunk in response.aiter_bytes():
+                room = lim.max_response_bytes - size
+                if len(chunk) > room:
+                    chunks.append(chunk[:room])
+                    truncated = True
+                    break
+                chunks.append(chunk)
+                size += len(chunk)
+        finally:
+            await response.aclose()
+        log.debug(
+            "outbound %s %s://%s%s -> %s in %.0f ms",
+            method,
+            url.scheme,
+            url.host,
+            url.path,  # never the query: it may carry a key
+            response.status_code,
+            (time.monotonic() - started) * 1000,
+        )
+        return OutboundResponse(
+            status_code=response.status_code,
+            headers=response.headers,
+            content=b"".join(chunks),
+            url=str(url),
+            truncated=truncated,
+        )
+
+
+def _json_bytes(value: Any) -> bytes:
+    return jsonlib.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
