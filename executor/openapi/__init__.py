@@ -1,0 +1,1 @@
+"""OpenAPI tool servers: connections, spec loading, conversion to function specs, and calls."""
