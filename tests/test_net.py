@@ -8,7 +8,6 @@ import httpx
 import pytest
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
-from toolserver_helpers import counting_tcp_server, serve
 
 from executor.net import (
     EgressDenied,
@@ -19,6 +18,7 @@ from executor.net import (
     check_path_value,
     forbidden_reason,
 )
+from tests.toolserver_helpers import counting_tcp_server, serve
 
 LIMITS = OutboundLimits(
     connect_timeout_s=2, read_timeout_s=5, total_timeout_s=10, retries=2, backoff_s=0.01, max_redirects=3

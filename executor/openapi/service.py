@@ -1,0 +1,387 @@
+"""ToolServerService: the connections, their cached specs, and calls, behind one object per app."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+from pydantic import ValidationError
+
+from executor.auth import Principal
+from executor.errors import ApiError
+from executor.net import EgressDenied, EgressPolicy, OutboundClient, OutboundLimits, OutboundTimeout
+from executor.openapi.call import build_request, error_result, fill_template, to_result
+from executor.openapi.convert import Operation, operations
+from executor.openapi.document import SpecError, check, parse
+from executor.openapi.models import Connection, ToolServerConfigRow, server_id
+from executor.openapi.ratelimit import RateLimiter, retry_after
+from executor.settings import Settings
+from executor.store import Store
+from executor.toolresult import ToolResult
+
+log = logging.getLogger(__name__)
+CONFIG_KEY = "tool_server_connections"
+TOKEN_HEADER = "X-Tool-Server-Token"
+TOKEN_AUTH_TYPES = ("session", "system_oauth", "oauth_2.1", "oauth_2.1_static")
+USER_INFO_HEADERS = {
+    "USER_NAME": "X-OpenWebUI-User-Name",
+    "USER_ID": "X-OpenWebUI-User-Id",
+    "USER_EMAIL": "X-OpenWebUI-User-Email",
+    "USER_ROLE": "X-OpenWebUI-User-Role",
+    "CHAT_ID": "X-OpenWebUI-Chat-Id",
+    "MESSAGE_ID": "X-OpenWebUI-Message-Id",
+}
+
+
+@dataclass
+class SpecEntry:
+    """A connection's spec as last fetched, or why it could not be."""
+
+    fingerprint: str
+    checked_at: float
+    spec: dict[str, Any] | None = None
+    ops: list[Operation] = field(default_factory=list)
+    etag: str | None = None
+    last_modified: str | None = None
+    error: SpecError | None = None
+
+
+def spec_url(conn: Connection) -> str:
+    """Open WebUI's rule: ``path`` is appended to ``url`` unless it is a full URL itself."""
+    if "://" in conn.path:
+        return conn.path
+    path = conn.path if conn.path.startswith("/") else "/" + conn.path
+    return conn.url.rstrip("/") + path
+
+
+def _fingerprint(conn: Connection) -> str:
+    data = json.dumps([conn.url, conn.path, conn.spec_type, conn.spec, conn.auth_type, conn.key], default=str)
+    return hashlib.sha256(data.encode()).hexdigest()
+
+
+def namespaced(server: str, name: str) -> str:
+    """Open WebUI's ``{server_id}_{name}``, cut to 64 characters with a hash suffix when longer."""
+    full = f"{server}_{name}"
+    if len(full) > 64:
+        full = f"{full[:55]}_{hashlib.sha256(full.encode()).hexdigest()[:8]}"
+    return full
+
+
+class ToolServerService:
+    """Created once per app; ``start`` after the store's tables exist, ``close`` on shutdown."""
+
+    def __init__(self, settings: Settings, store: Store) -> None:
+        self.settings = settings
+        self.store = store
+        self.policy = EgressPolicy.from_entries(settings.egress_allowlist)
+        self.limits = OutboundLimits(
+            connect_timeout_s=settings.tool_server_connect_timeout_s,
+            read_timeout_s=settings.tool_server_read_timeout_s,
+            total_timeout_s=settings.tool_server_timeout_s,
+            retries=settings.tool_server_retries,
+            backoff_s=settings.tool_server_retry_backoff_s,
+            max_redirects=settings.tool_server_max_redirects,
+            max_response_bytes=settings.tool_server_max_response_bytes,
+        )
+        self.client: OutboundClient | None = None
+        self.connections: list[Connection] = []
+        self._cache: dict[str, SpecEntry] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self.principal_limiter = RateLimiter(settings.tool_server_rate_limit_per_principal)
+        self.connection_limiter = RateLimiter(settings.tool_server_rate_limit_per_connection)
+
+    async def start(self) -> None:
+        """Open the shared HTTP client and load the connections (saved ones win over the environment)."""
+        self.client = OutboundClient(self.policy, self.limits)
+        async with self.store.sessionmaker() as db:
+            row = await db.get(ToolServerConfigRow, CONFIG_KEY)
+        raw = row.value if row is not None else self.settings.tool_server_connections
+        self.connections = []
+        for i, item in enumerate(raw):
+            try:
+                self.connections.append(Connection.model_validate(item))
+            except ValidationError as exc:
+                # Only field locations and messages: the input itself may hold a key.
+                problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+                log.error("tool server connection %d ignored: %s", i, problems)
+
+    async def close(self) -> None:
+        if self.client is not None:
+            await self.client.aclose()
+            self.client = None
+
+    # -- connections -------------------------------------------------------------------------------
+
+    async def save(self, connections: list[Connection]) -> None:
+        """Persist the list and drop cached specs of connections that changed."""
+        ids = [server_id(c, i) for i, c in enumerate(connections)]
+        dupes = sorted({i for i in ids if ids.count(i) > 1})
+        if dupes:
+            idx = ids.index(dupes[0], ids.index(dupes[0]) + 1)
+            raise ApiError(
+                422,
+                "duplicate_id",
+                f"two connections have the id {dupes[0]!r}",
+                field=f"TOOL_SERVER_CONNECTIONS[{idx}].info.id",
+            )
+        async with self.store.sessionmaker() as db, db.begin():
+            await db.merge(
+                ToolServerConfigRow(
+                    key=CONFIG_KEY,
+                    value=[c.model_dump(mode="json") for c in connections],
+                    updated_at=datetime.now(UTC),
+                )
+            )
+        self.connections = connections
+        live = {server_id(c, i): _fingerprint(c) for i, c in enumerate(connections)}
+        self._cache = {k: v for k, v in self._cache.items() if live.get(k) == v.fingerprint}
+
+    @staticmethod
+    def can_read(conn: Connection, principal: Principal) -> bool:
+        acl = conn.config.access_control
+        if acl is None:
+            return True
+        return principal.id in acl.read.user_ids or principal.id in acl.write.user_ids
+
+    def visible(self, principal: Principal) -> list[tuple[str, int, Connection]]:
+        return [(server_id(c, i), i, c) for i, c in enumerate(self.connections) if self.can_read(c, principal)]
+
+    def find(self, ident: str, principal: Principal) -> tuple[int, Connection]:
+        for sid, idx, conn in self.visible(principal):
+            if sid == ident and conn.type == "openapi":
+                return idx, conn
+        raise ApiError(404, "tool_server_not_found", f"tool server {ident!r} does not exist")
+
+    # -- specs -------------------------------------------------------------------------------------
+
+    async def fetch_spec(
+        self, conn: Connection, previous: SpecEntry | None = None
+    ) -> tuple[dict[str, Any] | None, str | None, str | None]:
+        """Fetch and parse ``conn``'s spec; None when the server says ours is still current (304)."""
+        if conn.spec_type == "json":
+            spec = conn.spec if isinstance(conn.spec, dict) else parse(conn.spec or "")
+            return spec, None, None
+        assert self.client is not None, "ToolServerService.start() was not called"
+        headers = {"Accept": "application/json, application/yaml;q=0.9, */*;q=0.5"}
+        if conn.auth_type == "bearer" and conn.key:
+            headers["Authorization"] = f"Bearer {conn.key}"
+        if previous is not None and previous.spec is not None:
+            if previous.etag:
+                headers["If-None-Match"] = previous.etag
+            if previous.last_modified:
+                headers["If-Modified-Since"] = previous.last_modified
+        url = spec_url(conn)
+        try:
+            resp = await self.client.request("GET", url, headers=headers)
+        except EgressDenied as exc:
+            raise SpecError("egress_denied", f"{exc.message} [rule: {exc.rule}]") from None
+        except OutboundTimeout as exc:
+            raise SpecError("timeout", f"{url}: {exc}") from None
+        except httpx.HTTPError as exc:
+            raise SpecError("unreachable", f"{url}: {type(exc).__name__}: {exc}") from None
+        if resp.status_code == 304 and previous is not None:
+            return None, previous.etag, previous.last_modified
+        if resp.status_code in (401, 403):
+            raise SpecError("auth_refused", f"{url} answered HTTP {resp.status_code}: check key and auth_type")
+        if resp.status_code != 200:
+            raise SpecError("http_error", f"{url} answered HTTP {resp.status_code}")
+        if resp.truncated:
+            raise SpecError("too_large", f"the spec is larger than {self.limits.max_response_bytes} bytes")
+        return parse(resp.content), resp.headers.get("etag"), resp.headers.get("last-modified")
+
+    async def load(self, sid: str, conn: Connection, *, force: bool = False) -> SpecEntry:
+        """The cached spec when fresh; else revalidated or fetched. Never raises: errors are recorded."""
+        fingerprint = _fingerprint(conn)
+        lock = self._locks.setdefault(sid, asyncio.Lock())
+        async with lock:
+            entry = self._cache.get(sid)
+            if entry is not None and entry.fingerprint != fingerprint:
+                entry = None
+            now = time.monotonic()
+            if (
+                entry is not None
+                and not force
+                and entry.error is None
+                and now - entry.checked_at < self.settings.tool_server_spec_ttl_s
+            ):
+                return entry
+            try:
+                spec, etag, modified = await self.fetch_spec(conn, entry)
+                if spec is None and entry is not None:  # 304: still current
+                    entry.checked_at = now
+                    return entry
+                assert spec is not None
+                check(spec)
+                entry = SpecEntry(fingerprint, now, spec, operations(spec), etag, modified)
+            except SpecError as exc:
+                log.warning("tool server %s: spec unusable: %s (%s)", sid, exc.code, exc.message)
+                entry = SpecEntry(fingerprint, now, error=exc)
+            self._cache[sid] = entry
+            return entry
+
+    async def verify(self, conn: Connection) -> dict[str, Any]:
+        """Fetch and check one connection without saving it; raise ApiError(400) naming the problem."""
+        try:
+            spec, _, _ = await self.fetch_spec(conn)
+            assert spec is not None
+            count = check(spec)
+        except SpecError as exc:
+            field = "spec" if conn.spec_type == "json" else "url"
+            raise ApiError(400, exc.code, exc.message, field=field) from None
+        return {"ok": True, "info": spec.get("info", {}), "openapi": spec.get("openapi"), "operations": count}
+
+    async def status(self, principal: Principal) -> list[dict[str, Any]]:
+        """Every visible connection with its status; one failing server does not hide the others."""
+        visible = self.visible(principal)
+
+        async def one(sid: str, idx: int, conn: Connection) -> dict[str, Any]:
+            item: dict[str, Any] = {
+                "id": sid,
+                "idx": idx,
+                "type": conn.type,
+                "url": conn.url.rstrip("/"),
+                "name": conn.info.name,
+                "description": conn.info.description,
+                "status": "ok",
+                "error": None,
+                "operations": 0,
+            }
+            if conn.type != "openapi":
+                item["status"] = "unsupported"
+            elif not conn.config.enable:
+                item["status"] = "disabled"
+            else:
+                entry = await self.load(sid, conn)
+                if entry.error is not None:
+                    item["status"] = "error"
+                    item["error"] = {"code": entry.error.code, "message": entry.error.message}
+                else:
+                    item["operations"] = len(entry.ops)
+                    info = (entry.spec or {}).get("info") or {}
+                    item["name"] = item["name"] or info.get("title")
+                    item["description"] = item["description"] or info.get("description")
+            return item
+
+        return list(await asyncio.gather(*(one(*v) for v in visible)))
+
+    async def specs(self, ident: str, principal: Principal) -> dict[str, Any]:
+        idx, conn = self.find(ident, principal)
+        if not conn.config.enable:
+            raise ApiError(409, "tool_server_disabled", f"tool server {ident!r} is disabled")
+        entry = await self.load(ident, conn)
+        if entry.error is not None:
+            raise ApiError(502, entry.error.code, f"tool server {ident!r}: {entry.error.message}")
+        return {
+            "id": ident,
+            "idx": idx,
+            "url": conn.url.rstrip("/"),
+            "info": (entry.spec or {}).get("info") or {},
+            "specs": [op.payload for op in entry.ops],
+        }
+
+    async def all_functions(self, principal: Principal) -> list[dict[str, Any]]:
+        """Every function of every usable server, namespaced for the unified tool list."""
+        out: list[dict[str, Any]] = []
+        usable = [v for v in self.visible(principal) if v[2].type == "openapi" and v[2].config.enable]
+        entries = await asyncio.gather(*(self.load(sid, conn) for sid, _, conn in usable))
+        for (sid, _, _), entry in zip(usable, entries, strict=True):
+            for op in entry.ops:
+                name = namespaced(sid, op.operation_id)
+                out.append(
+                    {
+                        "name": name,
+                        "kind": "tool_server",
+                        "server_id": sid,
+                        "operation_id": op.operation_id,
+                        "call": f"/api/v1/tool_servers/{sid}/call/{op.operation_id}",
+                        "spec": {**op.payload, "name": name},
+                    }
+                )
+        return out
+
+    # -- calls -------------------------------------------------------------------------------------
+
+    def _rate_limit(self, sid: str, principal: Principal) -> None:
+        wait = self.principal_limiter.take(principal.id)
+        if wait is not None:
+            raise ApiError(
+                429,
+                "rate_limited",
+                f"too many tool-server calls for this API key; retry in {retry_after(wait)}s",
+                headers={"Retry-After": retry_after(wait)},
+            )
+        wait = self.connection_limiter.take(sid)
+        if wait is not None:
+            self.principal_limiter.refund(principal.id)
+            raise ApiError(
+                429,
+                "rate_limited",
+                f"too many calls to tool server {sid!r}; retry in {retry_after(wait)}s",
+                headers={"Retry-After": retry_after(wait)},
+            )
+
+    def _headers(self, conn: Connection, token: str | None, identity: dict[str, str]) -> dict[str, str]:
+        headers: dict[str, str] = {"Accept": "application/json, */*;q=0.5"}
+        if conn.auth_type == "bearer" and conn.key:
+            headers["Authorization"] = f"Bearer {conn.key}"
+        elif conn.auth_type in TOKEN_AUTH_TYPES:
+            if not token:
+                raise ApiError(
+                    401,
+                    "token_required",
+                    f"tool server auth_type {conn.auth_type!r} needs the caller's token in {TOKEN_HEADER}",
+                    field=TOKEN_HEADER,
+                )
+            headers["Authorization"] = f"Bearer {token}"
+        for name, value in (conn.headers or {}).items():
+            headers["Authorization" if name.lower() == "authorization" else name] = fill_template(value, identity)
+        if self.settings.tool_server_forward_user_info:
+            for var, header in USER_INFO_HEADERS.items():
+                if identity.get(var):
+                    headers[header] = fill_template(identity[var], {})
+        return headers
+
+    async def call(
+        self,
+        ident: str,
+        operation_id: str,
+        arguments: dict[str, Any],
+        principal: Principal,
+        *,
+        token: str | None = None,
+        identity: dict[str, str] | None = None,
+    ) -> ToolResult:
+        """Call one operation with the connection's credentials and shape the answer as a ToolResult."""
+        _, conn = self.find(ident, principal)
+        if not conn.config.enable:
+            raise ApiError(409, "tool_server_disabled", f"tool server {ident!r} is disabled")
+        self._rate_limit(ident, principal)
+        entry = await self.load(ident, conn)
+        if entry.error is not None:
+            raise ApiError(502, entry.error.code, f"tool server {ident!r}: {entry.error.message}")
+        op = next((o for o in entry.ops if o.operation_id == operation_id), None)
+        if op is None:
+            raise ApiError(404, "operation_not_found", f"tool server {ident!r} has no operation {operation_id!r}")
+        ident_vars = {"USER_ID": principal.id, **(identity or {})}
+        prepared = build_request(op, conn.url or spec_url(conn), arguments, self._headers(conn, token, ident_vars))
+        assert self.client is not None, "ToolServerService.start() was not called"
+        started = datetime.now(UTC)
+        try:
+            resp = await self.client.request(
+                prepared.method, prepared.url, headers=prepared.headers, json=prepared.json_body
+            )
+        except EgressDenied as exc:
+            return error_result("EgressDenied", f"{exc.message} [rule: {exc.rule}]", started, datetime.now(UTC))
+        except OutboundTimeout as exc:
+            return error_result("Timeout", str(exc), started, datetime.now(UTC))
+        except httpx.HTTPError as exc:
+            return error_result("ConnectionError", f"{type(exc).__name__}: {exc}", started, datetime.now(UTC))
+        log.info("tool server %s: %s -> HTTP %d", ident, operation_id, resp.status_code)
+        return to_result(resp, started, datetime.now(UTC))
