@@ -21,6 +21,7 @@ class Settings(BaseSettings):
         description="Comma-separated API keys. Required to listen beyond loopback.",
     )
     data_dir: Path = Field(Path("data"), description="Where the database and session work dirs live.")
+    cache_dir: Path | None = Field(None, description="Caches shared by all sandboxes; default <data dir>/cache.")
     database_url: str | None = Field(None, description="SQLAlchemy async URL; default SQLite in the data dir.")
     backend: Literal["local"] = Field("local", description="Sandbox backend for new sessions.")
     allow_unjailed: bool = Field(
@@ -117,6 +118,7 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _check(self) -> Settings:
         self.data_dir = self.data_dir.expanduser().resolve()
+        self.cache_dir = (self.cache_dir or self.data_dir / "cache").expanduser().resolve()
         for name in ("timeout_s", "memory_mb", "cpus", "pids", "ttl_s"):
             if getattr(self, f"default_{name}") > getattr(self, f"max_{name}"):
                 raise ValueError(f"EXECUTOR_DEFAULT_{name.upper()} is larger than EXECUTOR_MAX_{name.upper()}")

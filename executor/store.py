@@ -51,7 +51,8 @@ class Store:
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self.engine: AsyncEngine = create_async_engine(url)
+        # hide_parameters: bound values (keys, tokens) must never reach logs, whatever the log level.
+        self.engine: AsyncEngine = create_async_engine(url, hide_parameters=True)
         if url.startswith("sqlite"):
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
         self.sessionmaker = async_sessionmaker(self.engine, expire_on_commit=False)

@@ -63,6 +63,7 @@ class LocalConfig:
     """What the local backend needs from the service's settings."""
 
     data_dir: Path
+    cache_dir: Path | None = None
     allow_unjailed: bool = False
     uid_base: int = 61000
     uid_count: int = 1000
@@ -130,7 +131,7 @@ class LocalBackend:
         self._uids_free = list(range(config.uid_base, config.uid_base + config.uid_count))
         self._uids_used: set[int] = set()
         self.python_base, self.venv = _python_layout()
-        self.cache_dir = config.data_dir / "cache"
+        self.cache_dir = config.cache_dir or config.data_dir / "cache"
         self._check_layout()
 
     def _check_layout(self) -> None:
@@ -150,9 +151,9 @@ class LocalBackend:
             "network": "none" if self.jail != "none" else "host (unjailed!)",
         }
 
-    def prepare(self) -> None:
+    def prepare(self) -> dict[str, int]:
         """Create the dirs, remove orphans of a previous run, warm the matplotlib font cache."""
-        self.reap_orphans()
+        reaped = self.reap_orphans()
         self.root.mkdir(parents=True, exist_ok=True)
         os.chmod(self.root, 0o711)
         self.run_root.mkdir(mode=0o711, exist_ok=True)
@@ -161,6 +162,7 @@ class LocalBackend:
             raise SandboxError(f"{self.run_root} is not a directory owned by the service; remove it")
         os.chmod(self.run_root, 0o711)
         self._warm_font_cache()
+        return reaped
 
     def _warm_font_cache(self) -> None:
         # matplotlib builds its font list on first import (~1 s). Build it once here; each kernel copies it.
@@ -168,6 +170,7 @@ class LocalBackend:
         if any(target.glob("fontlist-*.json")):
             return
         target.mkdir(parents=True, exist_ok=True)
+        target.chmod(0o755)
         import subprocess
 
         env = {**os.environ, "MPLCONFIGDIR": str(target)}
@@ -452,6 +455,11 @@ class LocalSandbox:
             del self._stderr_tail[:-4096]
 
     # -- protocol ---------------------------------------------------------------------------------------
+
+    @property
+    def file_owner(self) -> int | None:
+        """The uid that must own files the service puts in the work dir (None: leave as is)."""
+        return self.uid if self.backend.is_root else None
 
     @property
     def alive(self) -> bool:

@@ -1,0 +1,214 @@
+"""Shared fixtures: a real service on loopback (uvicorn in-process, real kernels) and an HTTP client for it."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+
+from executor.app import create_app
+from executor.settings import Settings
+from sandboxes.local import MARKER_ENV, _instance_id
+
+KEY_A = "test-key-a"
+KEY_B = "test-key-b"
+# Every service instance the tests started: what the end-of-run leftover check looks for.
+INSTANCES: set[str] = set()
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    # One matplotlib font cache for the whole run: building it takes a second or two.
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    return tmp_path / "data"
+
+
+@pytest.fixture
+def settings(data_dir: Path, cache_dir: Path) -> Settings:
+    INSTANCES.add(_instance_id(data_dir.resolve()))
+    return Settings(
+        _env_file=None,  # type: ignore[call-arg]
+        api_keys=[KEY_A, KEY_B],
+        data_dir=data_dir,
+        cache_dir=cache_dir,
+        cull_interval_s=0.5,
+        default_timeout_s=30,
+    )
+
+
+@dataclass
+class Service:
+    url: str
+    settings: Settings
+    app: object
+
+    @property
+    def instance(self) -> str:
+        return _instance_id(self.settings.data_dir)
+
+    def client(self, key: str | None = KEY_A) -> httpx.AsyncClient:
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        return httpx.AsyncClient(base_url=self.url, headers=headers, timeout=60)
+
+
+async def start_service(settings: Settings) -> tuple[uvicorn.Server, asyncio.Task[None], Service]:
+    app = create_app(settings)
+    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
+    server = uvicorn.Server(config)
+    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]  # pytest owns the signals
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        if task.done():
+            task.result()
+            raise RuntimeError("the service stopped during start-up")
+        await asyncio.sleep(0.01)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    return server, task, Service(url=f"http://127.0.0.1:{port}", settings=settings, app=app)
+
+
+async def stop_service(server: uvicorn.Server, task: asyncio.Task[None]) -> None:
+    server.should_exit = True
+    await task
+
+
+@pytest.fixture
+async def service(settings: Settings) -> AsyncIterator[Service]:
+    """The service on a free loopback port; stopped (every kernel and work dir gone) after the test."""
+    server, task, svc = await start_service(settings)
+    try:
+        yield svc
+    finally:
+        await stop_service(server, task)
+        assert sandbox_processes(svc.instance) == [], "kernel processes left after shutdown"
+        assert not list((settings.data_dir / "sandboxes").glob("*")), "work dirs left after shutdown"
+
+
+@pytest.fixture
+async def client(service: Service) -> AsyncIterator[httpx.AsyncClient]:
+    async with service.client() as c:
+        yield c
+
+
+@pytest.fixture
+async def session(client: httpx.AsyncClient) -> AsyncIterator[dict]:
+    r = await client.post("/api/v1/sessions", json={})
+    assert r.status_code == 201, r.text
+    body = r.json()
+    yield body
+    await client.delete(f"/api/v1/sessions/{body['id']}")
+
+
+async def run(client: httpx.AsyncClient, session_id: str, code: str, **extra: object) -> dict:
+    r = await client.post(f"/api/v1/sessions/{session_id}/executions", json={"code": code, **extra})
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def sandbox_processes(instance: str) -> list[int]:
+    """Pids of every process a sandbox of this service instance started (found by their marker env)."""
+    marker = f"{MARKER_ENV}={instance}:".encode()
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if marker in (proc / "environ").read_bytes():
+                status = (proc / "status").read_text()
+                if "State:\tZ" not in status:
+                    found.append(int(proc.name))
+        except OSError:
+            continue
+    return found
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class ServiceProcess:
+    """The service as a separate OS process (``executor serve``), for crash and signal tests."""
+
+    proc: subprocess.Popen[bytes]
+    url: str
+    log: Path
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        self.proc.send_signal(sig)
+        self.proc.wait(timeout=30)
+
+
+@pytest.fixture
+def spawn_service(settings: Settings, tmp_path: Path) -> Iterator[object]:
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def spawn() -> ServiceProcess:
+        port = free_port()
+        env = {
+            **os.environ,
+            "EXECUTOR_API_KEYS": ",".join(settings.api_keys),
+            "EXECUTOR_DATA_DIR": str(settings.data_dir),
+            "EXECUTOR_CACHE_DIR": str(settings.cache_dir),
+            "EXECUTOR_PORT": str(port),
+        }
+        log = tmp_path / f"service-{len(procs)}.log"
+        with log.open("wb") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "executor", "serve"], env=env, stdout=out, stderr=subprocess.STDOUT
+            )
+        procs.append(proc)
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"service exited: {log.read_text()}")
+            try:
+                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                    return ServiceProcess(proc, url, log)
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"service did not become ready: {log.read_text()}")
+
+    yield spawn
+    for proc in procs:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_leftovers() -> Iterator[None]:
+    """After the whole run: no process and no socket dir of any service instance the tests started."""
+    yield
+    leftovers = {i: sandbox_processes(i) for i in INSTANCES}
+    assert not any(leftovers.values()), f"sandbox processes left after the test run: {leftovers}"
+    dirs = [i for i in INSTANCES if Path(f"/tmp/executor-{i}").exists()]
+    assert not dirs, f"socket dirs left after the test run: {dirs}"
+
+
+def require_bwrap() -> None:
+    if shutil.which("bwrap") is None:
+        pytest.skip("bubblewrap is not installed (scripts/test installs it)")

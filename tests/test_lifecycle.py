@@ -1,0 +1,164 @@
+"""Sessions end cleanly: DELETE, expiry, shutdown, crash + restart; capacity limits; start-up refusals."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from executor.settings import Settings
+from sandboxes.base import SandboxError
+from sandboxes.local import LocalBackend, LocalConfig
+from tests.conftest import KEY_A, KEY_B, Service, run, sandbox_processes, start_service, stop_service
+
+AUTH = {"Authorization": f"Bearer {KEY_A}"}
+
+
+async def test_delete_leaves_no_process_and_no_work_dir(service: Service, client: httpx.AsyncClient) -> None:
+    sid = (await client.post("/api/v1/sessions", json={})).json()["id"]
+    await run(client, sid, "import subprocess\nsubprocess.Popen(['sleep', '300'])\nopen('f.txt','w').write('x')")
+    assert len(sandbox_processes(service.instance)) >= 2
+    assert list((service.settings.data_dir / "sandboxes").iterdir())
+    r = await client.delete(f"/api/v1/sessions/{sid}")
+    assert r.status_code == 204
+    assert sandbox_processes(service.instance) == []
+    assert list((service.settings.data_dir / "sandboxes").iterdir()) == []
+    assert list(Path(f"/tmp/executor-{service.instance}").iterdir()) == []  # noqa: ASYNC240
+    assert (await client.get(f"/api/v1/sessions/{sid}")).status_code == 404
+    assert (await client.delete(f"/api/v1/sessions/{sid}")).status_code == 404
+
+
+async def test_idle_sessions_expire(client: httpx.AsyncClient, service: Service) -> None:
+    sid = (await client.post("/api/v1/sessions", json={"ttl_s": 10})).json()["id"]
+    session = service.app.state.sessions.sessions[sid]  # type: ignore[attr-defined]
+    session.ttl_s = 0  # the API's floor is 10 s; expire it now without waiting
+    for _ in range(100):
+        info = (await client.get(f"/api/v1/sessions/{sid}")).json()
+        if info["status"] == "expired":
+            break
+        await asyncio.sleep(0.05)
+    assert info["status"] == "expired" and "idle" in info["reason"]
+    assert sandbox_processes(service.instance) == []
+    assert list((service.settings.data_dir / "sandboxes").iterdir()) == []
+
+
+async def test_capacity_limits_answer_429(settings: Settings) -> None:
+    settings.max_sessions_per_principal = 1
+    settings.max_sessions = 2
+    server, task, svc = await start_service(settings)
+    try:
+        async with svc.client(KEY_A) as a, svc.client(KEY_B) as b:
+            assert (await a.post("/api/v1/sessions", json={})).status_code == 201
+            r = await a.post("/api/v1/sessions", json={})
+            assert r.status_code == 429 and r.json()["error"] == "too_many_sessions"
+            assert int(r.headers["Retry-After"]) > 0
+            assert (await b.post("/api/v1/sessions", json={})).status_code == 201
+            settings.max_sessions_per_principal = 5
+            r = await b.post("/api/v1/sessions", json={})
+            assert r.status_code == 429 and r.json()["error"] == "host_busy"
+            assert "Retry-After" in r.headers
+    finally:
+        await stop_service(server, task)
+    assert sandbox_processes(svc.instance) == []
+
+
+async def test_results_survive_a_restart_and_old_sessions_are_reported_dead(settings: Settings) -> None:
+    server, task, svc = await start_service(settings)
+    async with svc.client() as c:
+        sid = (await c.post("/api/v1/sessions", json={})).json()["id"]
+        eid = (await run(c, sid, "'kept'"))["id"]
+    await stop_service(server, task)
+    server, task, svc = await start_service(settings)
+    try:
+        async with svc.client() as c:
+            info = (await c.get(f"/api/v1/sessions/{sid}")).json()
+            assert info["status"] == "dead" and info["reason"] == "the service stopped"
+            r = await c.get(f"/api/v1/sessions/{sid}/executions/{eid}")
+            assert r.status_code == 200 and r.json()["result"] == "'kept'"
+    finally:
+        await stop_service(server, task)
+
+
+def test_sigterm_stops_every_kernel(spawn_service, settings: Settings) -> None:
+    svc = spawn_service()
+    sid = httpx.post(f"{svc.url}/api/v1/sessions", json={}, headers=AUTH).json()["id"]
+    instance = _instance(settings)
+    assert sandbox_processes(instance)
+    svc.kill(signal.SIGTERM)
+    # uvicorn re-raises the signal once its graceful shutdown is complete.
+    assert svc.proc.returncode in (0, -signal.SIGTERM), svc.log.read_text()
+    assert "Application shutdown complete" in svc.log.read_text()
+    assert sandbox_processes(instance) == []
+    assert list((settings.data_dir / "sandboxes").iterdir()) == []
+    assert not Path(f"/tmp/executor-{instance}").exists()
+    assert sid
+
+
+def test_crash_then_restart_leaves_nothing_behind(spawn_service, settings: Settings) -> None:
+    svc = spawn_service()
+    sid = httpx.post(f"{svc.url}/api/v1/sessions", json={}, headers=AUTH, timeout=60).json()["id"]
+    httpx.post(
+        f"{svc.url}/api/v1/sessions/{sid}/executions",
+        json={"code": "open('x.txt','w').write('x')"},
+        headers=AUTH,
+        timeout=60,
+    )
+    instance = _instance(settings)
+    svc.kill(signal.SIGKILL)
+    # The kernels die with the service (parent-death signal); the dirs stay until the next start.
+    assert list((settings.data_dir / "sandboxes").iterdir())
+    svc2 = spawn_service()
+    assert sandbox_processes(instance) == []
+    assert list((settings.data_dir / "sandboxes").iterdir()) == []
+    info = httpx.get(f"{svc2.url}/api/v1/sessions/{sid}", headers=AUTH).json()
+    assert info["status"] == "dead" and "restarted" in info["reason"]
+
+
+def test_orphans_of_a_crashed_service_are_killed_at_start(settings: Settings) -> None:
+    """A process carrying the instance's marker (as a kernel whose parent-death signal was lost) is reaped."""
+    backend = LocalBackend(LocalConfig(data_dir=settings.data_dir, cache_dir=settings.cache_dir))
+    env = {"EXECUTOR_SANDBOX": f"{backend.instance}:planted", "PATH": "/usr/bin:/bin"}
+    orphan = subprocess.Popen(["sleep", "300"], env=env, start_new_session=True)
+    planted = settings.data_dir / "sandboxes" / "planted" / "work"
+    planted.mkdir(parents=True)
+    try:
+        reaped = backend.prepare()
+        assert reaped["processes"] >= 1 and reaped["dirs"] >= 1
+        assert orphan.wait(timeout=10) == -signal.SIGKILL
+        assert not planted.exists()
+    finally:
+        if orphan.poll() is None:
+            orphan.kill()
+        backend.shutdown()
+
+
+def test_missing_bubblewrap_refuses_to_start_unless_opted_in(settings: Settings, monkeypatch) -> None:
+    monkeypatch.setattr("shutil.which", lambda name: None)
+    with pytest.raises(SandboxError, match="apt-get install bubblewrap"):
+        LocalBackend(LocalConfig(data_dir=settings.data_dir))
+    backend = LocalBackend(LocalConfig(data_dir=settings.data_dir, allow_unjailed=True))
+    assert backend.jail == "none" and backend.describe()["network"].startswith("host")
+
+
+def test_cli_refuses_non_loopback_without_a_key(tmp_path: Path) -> None:
+    env = {"PATH": "/usr/bin:/bin", "EXECUTOR_DATA_DIR": str(tmp_path / "d")}
+    r = subprocess.run(
+        [sys.executable, "-m", "executor", "serve", "--host", "0.0.0.0"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert r.returncode == 2 and "EXECUTOR_API_KEYS" in r.stderr
+
+
+def _instance(settings: Settings) -> str:
+    from sandboxes.local import _instance_id
+
+    return _instance_id(settings.data_dir)
