@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 
 SessionStatus = Literal["idle", "busy", "dead", "expired", "closed"]
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+# Finished results are written in batches this often: one transaction per burst, off the cells' path.
+_FLUSH_INTERVAL_S = 0.2
 # Finished executions kept in memory per session (older ones are served from the store).
 _KEEP_EXECUTIONS = 64
 _MAX_QUEUED = 100
@@ -215,6 +217,8 @@ class SessionManager:
         self._starting: dict[str, int] = {}  # principal -> sessions being created
         self._culler: asyncio.Task[None] | None = None
         self._writes: set[asyncio.Task[None]] = set()
+        self._unsaved: list[ExecutionRow] = []
+        self._flusher: asyncio.Task[None] | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------------
 
@@ -236,8 +240,28 @@ class SessionManager:
             *(self.end(s, "dead", "the service stopped") for s in list(self.sessions.values())),
             return_exceptions=True,
         )
+        if self._flusher is not None:
+            await asyncio.gather(self._flusher, return_exceptions=True)
+        await self._flush()
         if self._writes:
             await asyncio.gather(*self._writes, return_exceptions=True)
+
+    def _save_result(self, row: ExecutionRow) -> None:
+        self._unsaved.append(row)
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush_later())
+
+    async def _flush_later(self) -> None:
+        await asyncio.sleep(_FLUSH_INTERVAL_S)
+        await self._flush()
+
+    async def _flush(self) -> None:
+        rows, self._unsaved = self._unsaved, []
+        if rows:
+            try:
+                await self.store.add_all(rows)
+            except Exception:
+                log.exception("could not store %d execution results", len(rows))
 
     def _write(self, coro: Any) -> None:
         # Store writes run beside the request path; stop() waits for them, so nothing is lost on shutdown.
@@ -438,7 +462,8 @@ class SessionManager:
             ex = session.executions.get(execution_id)
             if ex is not None:
                 return ex
-        row = await self.store.get_execution(execution_id)
+        row = next((r for r in self._unsaved if r.id == execution_id), None)
+        row = row or await self.store.get_execution(execution_id)
         if row is None or row.owner != owner or row.session_id != session_id:
             raise not_found("execution", execution_id)
         return ExecutionResult.model_validate(row.result)
@@ -535,20 +560,19 @@ class SessionManager:
             result.duration_ms = round((result.finished_at - ex.started_at).total_seconds() * 1000, 3)
         ex.result = result
         ex.status = status
-        ex.publish("done", result.model_dump(mode="json"))
+        dumped = result.model_dump(mode="json")
+        ex.publish("done", dumped)
         for queue in ex.subscribers:
             queue.put_nowait(None)
         ex.done.set()
-        self._write(
-            self.store.add(
-                ExecutionRow(
-                    id=ex.id,
-                    session_id=ex.session_id,
-                    owner=ex.owner,
-                    status=status,
-                    result=result.model_dump(mode="json"),
-                    created_at=ex.created_at,
-                )
+        self._save_result(
+            ExecutionRow(
+                id=ex.id,
+                session_id=ex.session_id,
+                owner=ex.owner,
+                status=status,
+                result=dumped,
+                created_at=ex.created_at,
             )
         )
 

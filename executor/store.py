@@ -72,6 +72,12 @@ class Store:
         async with self.sessionmaker() as db, db.begin():
             await db.merge(row)
 
+    async def add_all(self, rows: list[Base]) -> None:
+        """Insert or replace many rows in one transaction."""
+        async with self.sessionmaker() as db, db.begin():
+            for row in rows:
+                await db.merge(row)
+
     async def set_session_status(self, session_id: str, status: str, reason: str | None = None) -> None:
         async with self.sessionmaker() as db, db.begin():
             await db.execute(update(SessionRow).where(SessionRow.id == session_id).values(status=status, reason=reason))

@@ -124,3 +124,24 @@ async def test_fork_bomb_stays_inside_the_pids_limit(client: httpx.AsyncClient) 
         assert (await client.get("/healthz")).status_code == 200
     finally:
         await client.delete(f"/api/v1/sessions/{sid}")
+
+
+async def test_seccomp_filter_denies_io_uring_and_namespaces(client: httpx.AsyncClient, session: dict) -> None:
+    code = (
+        "import ctypes, sandbox_runtime\n"
+        "libc = ctypes.CDLL(None, use_errno=True)\n"
+        "def call(nr, *a):\n"
+        "    rc = libc.syscall(nr, *a)\n"
+        "    return rc, ctypes.get_errno()\n"
+        "status = dict(l.split(':\\t', 1) for l in open('/proc/self/status').read().splitlines() if ':\\t' in l)\n"
+        # 425 io_uring_setup, 272 unshare(CLONE_NEWUSER) on x86_64
+        "(sandbox_runtime.SECCOMP, status['Seccomp'].strip(), call(425, 1, 0), call(272, 0x10000000))\n"
+    )
+    r = await run(client, session["id"], code)
+    loaded, mode, io_uring, unshare = eval(r["result"])
+    assert loaded == "loaded"
+    assert mode == "2"
+    assert io_uring == (-1, 1)  # EPERM
+    assert unshare == (-1, 1)
+    r = await run(client, session["id"], "import threading, subprocess\nsubprocess.run(['true']).returncode")
+    assert r["result"] == "0", "fork/exec still works under the filter"

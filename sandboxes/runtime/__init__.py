@@ -33,7 +33,17 @@ def _configure_ipython() -> None:
     ip.run_line_magic("config", "InlineBackend.close_figures = True")
 
 
+SECCOMP = "not loaded"
+
+
 def setup() -> None:
-    """Prepare the kernel: matplotlib inline as PNG, caches in place. Called once via exec_lines."""
+    """Harden and prepare the kernel before any user code: seccomp filter, matplotlib inline as PNG, caches.
+
+    Called once via ``exec_lines``. The filter goes first so nothing after it runs unfiltered.
+    """
+    global SECCOMP
+    from . import harden
+
+    SECCOMP = harden.install()
     _copy_font_cache()
     _configure_ipython()
