@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -15,16 +14,34 @@ from executor.openapi.service import ToolServerService
 from executor.sessions import SessionManager
 from executor.settings import Settings
 from executor.store import Store
+from sandboxes.base import Backend, SandboxError, instance_id
 from sandboxes.local import LocalBackend, LocalConfig
 
 log = logging.getLogger(__name__)
 
 
-def make_backend(settings: Settings) -> LocalBackend:
-    """The sandbox backend the settings ask for. Raises SandboxError saying how to fix what is missing."""
+def make_backend(settings: Settings, name: str | None = None) -> Backend:
+    """The named sandbox backend (the default one if None). Raises SandboxError saying how to fix what is
+    missing: bubblewrap for ``local``, the engine or the image for ``docker``."""
+    name = name or settings.backend
+    if name == "docker":
+        from sandboxes.docker import DockerBackend, DockerConfig
+
+        return DockerBackend(
+            DockerConfig(
+                data_dir=settings.data_dir,
+                run_dir=settings.run_dir,
+                instance=instance_id(settings.data_dir),
+                image=settings.docker_image,
+                runtime=settings.docker_runtime,
+                work_dir_size_mb=settings.work_dir_size_mb,
+                start_timeout_s=settings.kernel_start_timeout_s,
+            )
+        )
     return LocalBackend(
         LocalConfig(
             data_dir=settings.data_dir,
+            run_dir=settings.run_dir,
             cache_dir=settings.cache_dir,
             allow_unjailed=settings.allow_unjailed,
             uid_base=settings.sandbox_uid_base,
@@ -33,6 +50,25 @@ def make_backend(settings: Settings) -> LocalBackend:
             start_timeout_s=settings.kernel_start_timeout_s,
         )
     )
+
+
+async def start_backends(settings: Settings) -> tuple[dict[str, Backend], dict[str, str]]:
+    """Start the default backend (its failure stops the service) and every other allowed one that can run."""
+    backends: dict[str, Backend] = {}
+    unavailable: dict[str, str] = {}
+    for name in settings.backends:
+        try:
+            backend = make_backend(settings, name)
+        except SandboxError as exc:
+            if name == settings.backend:
+                raise
+            log.warning("backend %s unavailable: %s", name, exc)
+            unavailable[name] = str(exc)
+            continue
+        reaped = await backend.start()
+        log.info("backend %s ready (%s); removed from an earlier run: %s", name, backend.describe(), reaped)
+        backends[name] = backend
+    return backends, unavailable
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -45,23 +81,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         settings.data_dir.chmod(0o700)
         store = Store(settings.db_url)
         await store.create_all()
-        backend = make_backend(settings)
-        reaped = await asyncio.to_thread(backend.prepare)
-        manager = SessionManager(settings, store, backend)
+        backends, unavailable = await start_backends(settings)
+        manager = SessionManager(settings, store, backends, unavailable)
         await manager.start()
         servers = ToolServerService(settings, store)
         await servers.start()
         app.state.store = store
-        app.state.backend = backend
+        app.state.backends = backends
         app.state.sessions = manager
         app.state.tool_servers = servers
-        log.info("ready: backend %s, jail %s, reaped %s", backend.name, backend.jail, reaped)
         try:
             yield
         finally:
             await servers.close()
             await manager.stop()
-            await asyncio.to_thread(backend.shutdown)
+            for backend in backends.values():
+                await backend.stop()
             await store.close()
 
     app = FastAPI(

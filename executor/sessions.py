@@ -16,7 +16,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, field_validator
 
@@ -25,7 +25,8 @@ from executor.errors import ApiError, not_found
 from executor.results import ExecutionResult, ExecutionStatus, FileInfo, ResultBuilder
 from executor.settings import Settings
 from executor.store import ExecutionRow, SessionRow, Store
-from sandboxes.base import EndEvent, Limits, Sandbox, SandboxError
+from sandboxes.base import Backend, EndEvent, Limits, Sandbox, SandboxError
+from sandboxes.pool import Pool
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,9 @@ class SessionCreate(BaseModel):
     limits: LimitsIn | None = None
     ttl_s: int | None = Field(None, ge=10, description="Idle time after which the session is culled, seconds.")
     env: dict[str, str] | None = Field(None, description="Environment variables for the kernel.")
-    backend: Literal["local"] | None = Field(None, description="Sandbox backend; the service default if omitted.")
+    backend: Literal["local", "docker"] | None = Field(
+        None, description="Sandbox backend, among those the admin allows; the service default if omitted."
+    )
 
     @field_validator("env")
     @classmethod
@@ -98,12 +101,6 @@ def _now() -> datetime:
 
 def _new_id() -> str:
     return uuid.uuid4().hex
-
-
-class SandboxBackend(Protocol):
-    name: str
-
-    async def create(self, limits: Limits, env: dict[str, str] | None = None) -> Sandbox: ...
 
 
 @dataclass(eq=False)
@@ -209,10 +206,22 @@ class Session:
 class SessionManager:
     """Creates, finds, runs and ends sessions. One per app (``app.state.sessions``)."""
 
-    def __init__(self, settings: Settings, store: Store, backend: SandboxBackend) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        backends: dict[str, Backend],
+        unavailable: dict[str, str] | None = None,
+    ) -> None:
         self.settings = settings
         self.store = store
-        self.backend = backend
+        self.backends = backends
+        self.unavailable = unavailable or {}
+        default = self._sandbox_limits(self._resolve_limits(None))
+        self.pools = {
+            name: Pool(backend, default, settings.pool_size, may_grow=self._has_room)
+            for name, backend in backends.items()
+        }
         self.sessions: dict[str, Session] = {}
         self._starting: dict[str, int] = {}  # principal -> sessions being created
         self._culler: asyncio.Task[None] | None = None
@@ -228,6 +237,8 @@ class SessionManager:
         if ids:
             log.info("marked %d sessions of an earlier run dead", len(ids))
         await self.store.fail_unfinished_executions("the service restarted during this execution")
+        for pool in self.pools.values():
+            pool.refill()
         self._culler = asyncio.create_task(self._cull_loop())
 
     async def stop(self) -> None:
@@ -236,6 +247,7 @@ class SessionManager:
             self._culler.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._culler
+        await asyncio.gather(*(pool.close() for pool in self.pools.values()), return_exceptions=True)
         await asyncio.gather(
             *(self.end(s, "dead", "the service stopped") for s in list(self.sessions.values())),
             return_exceptions=True,
@@ -290,15 +302,32 @@ class SessionManager:
             out[name] = asked if asked is not None else default
         return SessionLimits(**out)
 
-    def _check_capacity(self, owner: str) -> None:
+    def _sandbox_limits(self, limits: SessionLimits) -> Limits:
+        return Limits(
+            memory_mb=limits.memory_mb,
+            cpus=limits.cpus,
+            pids=limits.pids,
+            file_size_mb=self.settings.max_file_size_mb,
+            open_files=self.settings.max_open_files,
+        )
+
+    def _in_use(self) -> int:
+        """Sandboxes on this host: live sessions, sessions being created, and pooled ones."""
         live = sum(1 for s in self.sessions.values() if s.status in ("idle", "busy"))
-        starting = sum(self._starting.values())
-        if live + starting >= self.settings.max_sessions:
+        return live + sum(self._starting.values()) + sum(len(p) for p in self.pools.values())
+
+    def _has_room(self) -> bool:
+        return self._in_use() < self.settings.max_sessions
+
+    def _check_capacity(self, owner: str, pooled: bool) -> None:
+        # Handing out a pooled sandbox adds nothing to the host's load: it was counted already.
+        if self._in_use() - (1 if pooled else 0) >= self.settings.max_sessions:
             raise ApiError(
                 429, "host_busy", f"this host runs its maximum of {self.settings.max_sessions} sessions; retry later",
                 headers={"Retry-After": "5"},
             )  # fmt: skip
         mine = sum(1 for s in self.sessions.values() if s.owner == owner and s.status in ("idle", "busy"))
+        # (a pooled hand-out still counts against the owner's own limit)
         if mine + self._starting.get(owner, 0) >= self.settings.max_sessions_per_principal:
             raise ApiError(
                 429, "too_many_sessions",
@@ -316,27 +345,30 @@ class SessionManager:
                 400, "ttl_too_high", f"ttl_s is {ttl}; this service allows at most {self.settings.max_ttl_s}",
                 field="ttl_s",
             )  # fmt: skip
-        self._check_capacity(owner)
-        self._starting[owner] = self._starting.get(owner, 0) + 1
-        try:
-            sandbox = await self.backend.create(
-                Limits(
-                    memory_mb=limits.memory_mb,
-                    cpus=limits.cpus,
-                    pids=limits.pids,
-                    file_size_mb=self.settings.max_file_size_mb,
-                    open_files=self.settings.max_open_files,
-                ),
-                req.env,
-            )
-        except SandboxError as exc:
-            log.warning("sandbox start failed: %s", exc)
-            raise ApiError(503, "sandbox_failed", f"the sandbox could not start: {exc}") from None
-        finally:
-            self._starting[owner] -= 1
-        session = Session(
-            id=_new_id(), owner=owner, backend=self.backend.name, limits=limits, ttl_s=ttl, sandbox=sandbox
-        )
+        name = req.backend or self.settings.backend
+        if name not in self.settings.backends:
+            raise ApiError(
+                400, "backend_not_allowed",
+                f"backend {name!r} is not offered here; choose one of {', '.join(self.settings.backends)}",
+                field="backend",
+            )  # fmt: skip
+        if name in self.unavailable:
+            raise ApiError(503, "backend_unavailable", f"backend {name!r} is unavailable: {self.unavailable[name]}")
+        wanted = self._sandbox_limits(limits)
+        pool = self.pools[name]
+        poolable = pool.fits(wanted, req.env) and bool(pool.ready)
+        self._check_capacity(owner, poolable)
+        sandbox = pool.take() if poolable else None
+        if sandbox is None:
+            self._starting[owner] = self._starting.get(owner, 0) + 1
+            try:
+                sandbox = await self.backends[name].create(wanted, req.env)
+            except SandboxError as exc:
+                log.warning("sandbox start failed: %s", exc)
+                raise ApiError(503, "sandbox_failed", f"the sandbox could not start: {exc}") from None
+            finally:
+                self._starting[owner] -= 1
+        session = Session(id=_new_id(), owner=owner, backend=name, limits=limits, ttl_s=ttl, sandbox=sandbox)
         self.sessions[session.id] = session
         session.worker = asyncio.create_task(self._work(session))
         self._write(
@@ -408,8 +440,19 @@ class SessionManager:
         self._write(self.store.set_session_status(session.id, status, reason))
 
     async def _cull_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_reap = loop.time() + self.settings.reap_interval_s
         while True:
             await asyncio.sleep(self.settings.cull_interval_s)
+            if loop.time() >= next_reap:
+                next_reap = loop.time() + self.settings.reap_interval_s
+                for backend in self.backends.values():
+                    with contextlib.suppress(Exception):
+                        reaped = await backend.reap()
+                        if any(reaped.values()):
+                            log.warning("%s: removed sandboxes no session owned: %s", backend.name, reaped)
+            for pool in self.pools.values():
+                pool.refill()
             now = _now()
             for session in list(self.sessions.values()):
                 if session.status != "busy" and session.queue.empty() and session.expires_at <= now:

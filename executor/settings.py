@@ -21,9 +21,22 @@ class Settings(BaseSettings):
         description="Comma-separated API keys. Required to listen beyond loopback.",
     )
     data_dir: Path = Field(Path("data"), description="Where the database and session work dirs live.")
+    run_dir: Path = Field(
+        Path("/tmp"),
+        description="Short dir for kernel sockets (Unix socket paths are limited to ~100 bytes).",
+    )
     cache_dir: Path | None = Field(None, description="Caches shared by all sandboxes; default <data dir>/cache.")
     database_url: str | None = Field(None, description="SQLAlchemy async URL; default SQLite in the data dir.")
-    backend: Literal["local"] = Field("local", description="Sandbox backend for new sessions.")
+    backend: Literal["local", "docker"] = Field("local", description="Sandbox backend for new sessions.")
+    allowed_backends: Annotated[list[Literal["local", "docker"]], NoDecode] = Field(
+        default_factory=list,
+        description="Backends a client may pick per session (comma-separated); the default backend always.",
+    )
+    pool_size: int = Field(2, ge=0, le=64, description="Sandboxes kept started per backend, ready to hand out.")
+    docker_image: str = Field("executor-sandbox:latest", description="Sandbox image of the Docker backend.")
+    docker_runtime: str | None = Field(None, description="OCI runtime for sandboxes, e.g. runsc (gVisor).")
+    work_dir_size_mb: int = Field(256, ge=1, description="Size of a Docker sandbox's work dir (tmpfs).")
+    reap_interval_s: float = Field(60, gt=0, description="How often containers no session owns are removed.")
     allow_unjailed: bool = Field(
         False,
         description="Allow the local backend to run kernels without bubblewrap (development only: "
@@ -108,7 +121,7 @@ class Settings(BaseSettings):
             return [k.strip() for k in value.split(",") if k.strip()]
         return value
 
-    @field_validator("api_keys", mode="before")
+    @field_validator("api_keys", "allowed_backends", mode="before")
     @classmethod
     def _split_keys(cls, value: object) -> object:
         if isinstance(value, str):
@@ -127,6 +140,11 @@ class Settings(BaseSettings):
     @property
     def db_url(self) -> str:
         return self.database_url or f"sqlite+aiosqlite:///{self.data_dir / 'executor.db'}"
+
+    @property
+    def backends(self) -> list[str]:
+        """The default backend first, then the others a client may choose."""
+        return [self.backend, *(b for b in dict.fromkeys(self.allowed_backends) if b != self.backend)]
 
     @property
     def auth_enabled(self) -> bool:

@@ -5,6 +5,7 @@ Events are a typed, transport-free view of the kernel's iopub messages; the serv
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -90,6 +91,11 @@ class EndEvent:
 Event = StreamEvent | DisplayEvent | ResultEvent | ErrorEvent | ClearEvent | StatusEvent | EndEvent
 
 
+def instance_id(data_dir: Path) -> str:
+    """Names everything one service instance creates on the host (dirs, cgroups, container labels)."""
+    return hashlib.sha256(str(data_dir).encode()).hexdigest()[:8]
+
+
 class SandboxError(RuntimeError):
     """A sandbox could not be created or used; the message says why and, where it can, how to fix it."""
 
@@ -105,8 +111,10 @@ class Sandbox(Protocol):
     async def start(self) -> None:
         """Start the kernel and return once it answers and its output channel is live."""
 
-    def execute(self, code: str, *, timeout: float) -> AsyncIterator[Event]:
-        """Run ``code``; yield its Events as they arrive, ending with exactly one EndEvent."""
+    def execute(self, code: str, *, timeout: float, silent: bool = False) -> AsyncIterator[Event]:
+        """Run ``code``; yield its Events as they arrive, ending with exactly one EndEvent.
+
+        ``silent`` runs it without an execution count or history (warm-up code)."""
 
     async def interrupt(self) -> None:
         """Ask the running cell to stop (KeyboardInterrupt in the kernel)."""
@@ -121,3 +129,25 @@ class Sandbox(Protocol):
 
     async def close(self) -> None:
         """Kill the kernel and every process it started, and remove its work dir. Idempotent."""
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """Makes sandboxes of one kind. ``start`` runs once (reaping what an earlier run left), ``stop`` once."""
+
+    name: str
+
+    def describe(self) -> dict[str, Any]:
+        """What /readyz shows: the isolation really in force."""
+
+    async def start(self) -> dict[str, int]:
+        """Prepare; remove orphans of an earlier run. Returns what was removed."""
+
+    async def reap(self) -> dict[str, int]:
+        """Remove what no live sandbox owns (periodically)."""
+
+    async def create(self, limits: Limits, env: dict[str, str] | None = None) -> Sandbox:
+        """A new, started sandbox. Raises SandboxError saying why it could not start."""
+
+    async def stop(self) -> None:
+        """Remove every sandbox of this backend."""

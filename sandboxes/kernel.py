@@ -7,11 +7,15 @@ readiness, execute with a wall-time limit, iopub -> Events, interrupt over the c
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import queue
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 from jupyter_client.asynchronous import AsyncKernelClient
+from jupyter_client.connect import write_connection_file
 
 from sandboxes.base import (
     ClearEvent,
@@ -29,6 +33,45 @@ from sandboxes.base import (
 _LIVENESS_POLL_S = 0.25
 # How long the readiness probe waits for an iopub message before asking again.
 _READY_PROBE_S = 0.05
+
+
+def write_connection_files(
+    host_file: Path, run_dir: Path, *, kernel_ip: str | None, owner: int | None
+) -> dict[str, Any]:
+    """Write the service's connection file (host paths) and ``run_dir/kernel.json`` for the kernel.
+
+    Both name the same key and ipc endpoints; the kernel's copy uses ``kernel_ip`` (the socket prefix as seen
+    inside its jail or container) when given. Returns the service's connection info.
+    """
+    _, info = write_connection_file(fname=str(host_file), transport="ipc", ip=str(run_dir / "k"))
+    kernel_info = dict(info)
+    if isinstance(kernel_info.get("key"), bytes):
+        kernel_info["key"] = kernel_info["key"].decode()
+    if kernel_ip is not None:
+        kernel_info["ip"] = kernel_ip
+    path = run_dir / "kernel.json"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(kernel_info, f)
+    if owner is not None:
+        os.chown(path, owner, owner)
+    return info
+
+
+def kernel_command(python: str, connection_file: str, runtime_package: str) -> list[str]:
+    """The ipykernel command line every backend runs."""
+    return [
+        python,
+        "-m",
+        "ipykernel_launcher",
+        "-f",
+        connection_file,
+        # In a pid namespace the parent is pid 1: without this ipykernel believes it was orphaned.
+        "--IPKernelApp.parent_handle=0",
+        "--HistoryManager.enabled=False",
+        "--IPKernelApp.quiet=True",
+        f"--IPKernelApp.exec_lines=['__import__(\"{runtime_package}\").setup()']",
+    ]
 
 
 def message_to_event(msg: dict[str, Any]) -> Event | None:
@@ -128,14 +171,17 @@ class KernelDriver:
         msg = self.client.session.msg("interrupt_request", {})
         self.client.control_channel.send(msg)
 
-    async def execute(self, code: str, *, timeout: float) -> AsyncIterator[Event]:
+    async def execute(self, code: str, *, timeout: float, silent: bool = False) -> AsyncIterator[Event]:
         """Run ``code`` and yield its Events, ending with one EndEvent.
 
         On wall-time expiry the cell is interrupted; if the kernel has not gone idle ``interrupt_grace_s``
         later, the EndEvent says ``kernel_alive=False`` and the owner must kill the process.
         """
         loop = asyncio.get_running_loop()
-        msg_id = self.client.execute(code, store_history=True, allow_stdin=False, stop_on_error=False)
+        # silent: no execution count, no history, no Out[] (warm-up code must leave no trace).
+        msg_id = self.client.execute(
+            code, silent=silent, store_history=not silent, allow_stdin=False, stop_on_error=False
+        )
         deadline = loop.time() + timeout
         interrupted = False
         saw_error = False

@@ -17,8 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
-import hashlib
-import json
 import logging
 import math
 import os
@@ -33,11 +31,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from jupyter_client.connect import write_connection_file
-
-from sandboxes.base import EndEvent, Event, Limits, SandboxError
+from sandboxes.base import EndEvent, Event, Limits, SandboxError, instance_id
 from sandboxes.cgroups import Cgroup, CgroupManager
-from sandboxes.kernel import KernelDriver
+from sandboxes.kernel import KernelDriver, kernel_command, write_connection_files
 
 log = logging.getLogger(__name__)
 
@@ -63,16 +59,13 @@ class LocalConfig:
     """What the local backend needs from the service's settings."""
 
     data_dir: Path
+    run_dir: Path = Path("/tmp")
     cache_dir: Path | None = None
     allow_unjailed: bool = False
     uid_base: int = 61000
     uid_count: int = 1000
     use_cgroups: bool = True
     start_timeout_s: float = 30.0
-
-
-def _instance_id(data_dir: Path) -> str:
-    return hashlib.sha256(str(data_dir).encode()).hexdigest()[:8]
 
 
 def _python_layout() -> tuple[Path, Path | None]:
@@ -109,10 +102,10 @@ class LocalBackend:
 
     def __init__(self, config: LocalConfig) -> None:
         self.config = config
-        self.instance = _instance_id(config.data_dir)
+        self.instance = instance_id(config.data_dir)
         self.root = config.data_dir / "sandboxes"
         # ipc socket paths must stay under ~100 bytes, so they live in a short dir, not the data dir.
-        self.run_root = Path(f"/tmp/executor-{self.instance}")
+        self.run_root = config.run_dir / f"executor-{self.instance}"
         self.is_root = os.geteuid() == 0
         self.bwrap = shutil.which("bwrap")
         self.setpriv = shutil.which("setpriv")
@@ -214,6 +207,16 @@ class LocalBackend:
         self.reap_orphans()
         shutil.rmtree(self.run_root, ignore_errors=True)
 
+    async def start(self) -> dict[str, int]:
+        return await asyncio.to_thread(self.prepare)
+
+    async def reap(self) -> dict[str, int]:
+        # Local kernels die with their process group and are tracked by pid; only stray cgroups can remain.
+        return {}
+
+    async def stop(self) -> None:
+        await asyncio.to_thread(self.shutdown)
+
     def _take_uid(self) -> int:
         if not self.is_root:
             return os.geteuid()
@@ -269,7 +272,12 @@ class LocalSandbox:
             d.mkdir(mode=0o700)
             if b.is_root:
                 os.chown(d, self.uid, self.uid)
-        host_info = self._write_connection_files()
+        host_info = write_connection_files(
+            self.dir / "connection.json",
+            self.rundir,
+            kernel_ip=f"{JAIL_RUN}/k" if self.jail != "none" else None,
+            owner=self.uid if b.is_root else None,
+        )
         if b.cgroups.available:
             self.cgroup = b.cgroups.create(
                 self.id, memory_mb=self.limits.memory_mb, pids=self.limits.pids, cpus=self.limits.cpus
@@ -294,23 +302,6 @@ class LocalSandbox:
             await asyncio.sleep(0.05)  # let the stderr reader catch the last words
             tail = self.stderr_tail()
             raise SandboxError(f"{exc}{': ' + tail if tail else ''}") from None
-
-    def _write_connection_files(self) -> dict[str, Any]:
-        """One file for the service (host paths) and one for the kernel (jail paths); same key and ports."""
-        host_file = str(self.dir / "connection.json")
-        _, info = write_connection_file(fname=host_file, transport="ipc", ip=str(self.rundir / "k"))
-        kernel_info = dict(info)
-        if isinstance(kernel_info.get("key"), bytes):
-            kernel_info["key"] = kernel_info["key"].decode()
-        if self.jail != "none":
-            kernel_info["ip"] = f"{JAIL_RUN}/k"
-        path = self.rundir / "kernel.json"
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(kernel_info, f)
-        if self.backend.is_root:
-            os.chown(path, self.uid, self.uid)
-        return info
 
     def _kernel_env(self) -> dict[str, str]:
         threads = str(max(1, math.ceil(self.limits.cpus)))
@@ -348,19 +339,11 @@ class LocalSandbox:
             if (jailed and b.venv)
             else (str(b.venv / "bin" / "python") if b.venv else sys.executable)
         )
-        runtime_pkg = "sandboxes.runtime" if not jailed else "sandbox_runtime"
-        kernel = [
+        kernel = kernel_command(
             python,
-            "-m",
-            "ipykernel_launcher",
-            "-f",
             f"{JAIL_RUN}/kernel.json" if jailed else str(self.rundir / "kernel.json"),
-            # Under a pid namespace the parent is pid 1: without this ipykernel thinks it was orphaned.
-            "--IPKernelApp.parent_handle=0",
-            "--HistoryManager.enabled=False",
-            "--IPKernelApp.quiet=True",
-            f"--IPKernelApp.exec_lines=['__import__(\"{runtime_pkg}\").setup()']",
-        ]
+            "sandbox_runtime" if jailed else "sandboxes.runtime",
+        )
         drop = [
             b.setpriv or "setpriv",
             "--reuid", str(self.uid), "--regid", str(self.uid), "--clear-groups",
@@ -482,11 +465,11 @@ class LocalSandbox:
         """The last lines the kernel process wrote to stderr: what a start-up failure says."""
         return "\n".join(self._stderr_tail.decode(errors="replace").strip().splitlines()[-lines:])
 
-    async def execute(self, code: str, *, timeout: float) -> AsyncIterator[Event]:
+    async def execute(self, code: str, *, timeout: float, silent: bool = False) -> AsyncIterator[Event]:
         if self.driver is None or not self.alive:
             yield EndEvent(status="dead", reason=self.exit_reason or "the kernel is not running", kernel_alive=False)
             return
-        async for event in self.driver.execute(code, timeout=timeout):
+        async for event in self.driver.execute(code, timeout=timeout, silent=silent):
             if isinstance(event, EndEvent) and not event.kernel_alive and self.alive:
                 await self._kill()
             yield event

@@ -20,12 +20,15 @@ import uvicorn
 
 from executor.app import create_app
 from executor.settings import Settings
-from sandboxes.local import MARKER_ENV, _instance_id
+from sandboxes.base import instance_id
+from sandboxes.local import MARKER_ENV
 
 KEY_A = "test-key-a"
 KEY_B = "test-key-b"
+DOCKER_IMAGE = "executor-sandbox:latest"
 # Every service instance the tests started: what the end-of-run leftover check looks for.
 INSTANCES: set[str] = set()
+DOCKER_INSTANCES: set[str] = set()
 
 
 @pytest.fixture(scope="session")
@@ -39,14 +42,52 @@ def data_dir(tmp_path: Path) -> Path:
     return tmp_path / "data"
 
 
+def docker_problem() -> str | None:
+    """Why Docker tests cannot run here, or None when an engine answers and the sandbox image is present."""
+    try:
+        import docker
+
+        client = docker.from_env(timeout=10)
+        client.ping()
+        client.images.get(DOCKER_IMAGE)
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def require_docker() -> None:
+    """Skip outside CI, fail in CI (CI=true): there, every Docker test must run."""
+    problem = docker_problem()
+    if problem is None:
+        return
+    message = f"Docker is not usable ({problem}); run scripts/docker-engine and images/build"
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
 @pytest.fixture
-def settings(data_dir: Path, cache_dir: Path) -> Settings:
-    INSTANCES.add(_instance_id(data_dir.resolve()))
+def backend_name() -> str:
+    """The backend a test's service uses by default; the parametrized suites override this fixture."""
+    return "local"
+
+
+BACKENDS = ["local", pytest.param("docker", marks=pytest.mark.docker)]
+
+
+@pytest.fixture
+def settings(data_dir: Path, cache_dir: Path, backend_name: str) -> Settings:
+    if backend_name == "docker":
+        require_docker()
+        DOCKER_INSTANCES.add(instance_id(data_dir.resolve()))
+    INSTANCES.add(instance_id(data_dir.resolve()))
     return Settings(
         _env_file=None,  # type: ignore[call-arg]
         api_keys=[KEY_A, KEY_B],
         data_dir=data_dir,
         cache_dir=cache_dir,
+        backend=backend_name,
+        pool_size=0,
         cull_interval_s=0.5,
         default_timeout_s=30,
     )
@@ -60,7 +101,7 @@ class Service:
 
     @property
     def instance(self) -> str:
-        return _instance_id(self.settings.data_dir)
+        return instance_id(self.settings.data_dir)
 
     def client(self, key: str | None = KEY_A) -> httpx.AsyncClient:
         headers = {"Authorization": f"Bearer {key}"} if key else {}
@@ -97,6 +138,8 @@ async def service(settings: Settings) -> AsyncIterator[Service]:
         await stop_service(server, task)
         assert sandbox_processes(svc.instance) == [], "kernel processes left after shutdown"
         assert not list((settings.data_dir / "sandboxes").glob("*")), "work dirs left after shutdown"
+        assert not list((settings.data_dir / "docker").glob("*")), "container work dirs left after shutdown"
+        assert labeled_containers(svc.instance) == [], "containers left after shutdown"
 
 
 @pytest.fixture
@@ -137,6 +180,16 @@ def sandbox_processes(instance: str) -> list[int]:
     return found
 
 
+def labeled_containers(instance: str) -> list[str]:
+    """Containers (running or not) carrying this service instance's label."""
+    if instance not in DOCKER_INSTANCES:
+        return []
+    import docker
+
+    client = docker.from_env(timeout=10)
+    return [c.id for c in client.containers.list(all=True, filters={"label": f"executor.instance={instance}"})]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -168,6 +221,8 @@ def spawn_service(settings: Settings, tmp_path: Path) -> Iterator[object]:
             "EXECUTOR_DATA_DIR": str(settings.data_dir),
             "EXECUTOR_CACHE_DIR": str(settings.cache_dir),
             "EXECUTOR_PORT": str(port),
+            "EXECUTOR_POOL_SIZE": str(settings.pool_size),
+            "EXECUTOR_BACKEND": settings.backend,
         }
         log = tmp_path / f"service-{len(procs)}.log"
         with log.open("wb") as out:
@@ -205,8 +260,10 @@ def _no_leftovers() -> Iterator[None]:
     yield
     leftovers = {i: sandbox_processes(i) for i in INSTANCES}
     assert not any(leftovers.values()), f"sandbox processes left after the test run: {leftovers}"
-    dirs = [i for i in INSTANCES if Path(f"/tmp/executor-{i}").exists()]
+    dirs = [i for i in INSTANCES if Path(f"/tmp/executor-{i}").exists() or Path(f"/tmp/executor-{i}-d").exists()]
     assert not dirs, f"socket dirs left after the test run: {dirs}"
+    containers = {i: labeled_containers(i) for i in DOCKER_INSTANCES}
+    assert not any(containers.values()), f"containers left after the test run: {containers}"
 
 
 def require_bwrap() -> None:

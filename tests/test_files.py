@@ -5,8 +5,15 @@ from __future__ import annotations
 import base64
 
 import httpx
+import pytest
 
-from tests.conftest import Service, run
+from tests.conftest import BACKENDS, Service, run
+
+
+@pytest.fixture(params=BACKENDS)
+def backend_name(request: pytest.FixtureRequest) -> str:
+    """This whole module runs once per backend: the same API, the same expectations."""
+    return request.param
 
 
 async def test_upload_list_download_delete(client: httpx.AsyncClient, session: dict) -> None:

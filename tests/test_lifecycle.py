@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from executor.settings import Settings
-from sandboxes.base import SandboxError
+from sandboxes.base import SandboxError, instance_id
 from sandboxes.local import LocalBackend, LocalConfig
 from tests.conftest import KEY_A, KEY_B, Service, run, sandbox_processes, start_service, stop_service
 
@@ -159,6 +159,4 @@ def test_cli_refuses_non_loopback_without_a_key(tmp_path: Path) -> None:
 
 
 def _instance(settings: Settings) -> str:
-    from sandboxes.local import _instance_id
-
-    return _instance_id(settings.data_dir)
+    return instance_id(settings.data_dir)

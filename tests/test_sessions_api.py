@@ -8,9 +8,16 @@ import io
 import json
 
 import httpx
+import pytest
 from PIL import Image
 
-from tests.conftest import KEY_B, Service, run
+from tests.conftest import BACKENDS, KEY_B, Service, run
+
+
+@pytest.fixture(params=BACKENDS)
+def backend_name(request: pytest.FixtureRequest) -> str:
+    """This whole module runs once per backend: the same API, the same expectations."""
+    return request.param
 
 
 async def test_stdout_stderr_result_error_are_kept_apart(client: httpx.AsyncClient, session: dict) -> None:
@@ -298,10 +305,14 @@ async def test_one_shot_execute(client: httpx.AsyncClient, service: Service) -> 
     assert r.status_code == 400 and r.json()["field"] == "files.0.path"
 
 
-async def test_health_and_readiness(client: httpx.AsyncClient) -> None:
+async def test_health_and_readiness(client: httpx.AsyncClient, backend_name: str) -> None:
     assert (await client.get("/healthz")).json() == {"status": "ok"}
     body = (await client.get("/readyz")).json()
     assert body["status"] == "ok" and body["database"] == "ok"
-    assert body["backend"]["jail"] == "bwrap"
+    assert body["backend"]["backend"] == backend_name
+    if backend_name == "local":
+        assert body["backend"]["jail"] == "bwrap"
+    else:
+        assert body["backend"]["network"] == "none" and body["backend"]["seccomp"] is True
     schema = (await client.get("/openapi.json")).json()
     assert "/api/v1/sessions/{session_id}/executions" in schema["paths"]
