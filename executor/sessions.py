@@ -546,7 +546,7 @@ class SessionManager:
         session.status = "busy"
         ex.publish("status", {"status": "running"})
         workdir = session.sandbox.workdir
-        before = await asyncio.to_thread(workfiles.scan, workdir)
+        before = await workfiles.scan_async(workdir)
         end = EndEvent(status="dead", reason="no end event from the sandbox", kernel_alive=False)
         async for event in session.sandbox.execute(ex.code, timeout=ex.timeout_s):
             if isinstance(event, EndEvent):
@@ -570,8 +570,10 @@ class SessionManager:
             session.status = "idle"
         files: list[FileInfo] = []
         with contextlib.suppress(OSError):
-            after = await asyncio.to_thread(workfiles.scan, workdir)
-            files = await asyncio.to_thread(self._file_infos, session, workfiles.changed(before, after))
+            after = await workfiles.scan_async(workdir)
+            changed = workfiles.changed(before, after)
+            if changed:
+                files = await asyncio.to_thread(self._file_infos, session, changed)
         self._finish(ex, end, status, files)
 
     def _file_infos(self, session: Session, entries: Iterable[workfiles.Entry]) -> list[FileInfo]:

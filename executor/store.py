@@ -73,10 +73,9 @@ class Store:
             await db.merge(row)
 
     async def add_all(self, rows: list[Base]) -> None:
-        """Insert or replace many rows in one transaction."""
+        """Insert many new rows in one transaction (one executemany, no lookups)."""
         async with self.sessionmaker() as db, db.begin():
-            for row in rows:
-                await db.merge(row)
+            db.add_all(rows)
 
     async def set_session_status(self, session_id: str, status: str, reason: str | None = None) -> None:
         async with self.sessionmaker() as db, db.begin():

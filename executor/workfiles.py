@@ -6,6 +6,7 @@ the sandbox (even one swapped in mid-walk) can never make the service read or wr
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import mimetypes
 import os
@@ -17,6 +18,8 @@ from pathlib import Path, PurePosixPath
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 MAX_PATH_LEN = 1024
 MAX_SCAN_ENTRIES = 5000
+# A scan that stops within this many entries is cheap enough (tens of µs) to run on the event loop.
+INLINE_SCAN_ENTRIES = 64
 
 
 class UnsafePath(ValueError):
@@ -149,11 +152,28 @@ def delete(root: Path, rel: PurePosixPath) -> None:
             os.unlink(rel.name, dir_fd=parent)
 
 
-def scan(root: Path, limit: int = MAX_SCAN_ENTRIES) -> dict[str, Entry]:
-    """Regular files under ``root`` (symlinks not followed, at most ``limit`` entries)."""
-    found: dict[str, Entry] = {}
+async def scan_async(root: Path) -> dict[str, Entry]:
+    """``scan`` without blocking the event loop: small dirs inline (no thread hop), big ones in a thread."""
+    found = scan(root, INLINE_SCAN_ENTRIES, max_dirs=INLINE_SCAN_ENTRIES)
+    if len(found) < INLINE_SCAN_ENTRIES and not getattr(found, "incomplete", False):
+        return found
+    return await asyncio.to_thread(scan, root)
+
+
+class _Found(dict[str, Entry]):
+    incomplete = False
+
+
+def scan(root: Path, limit: int = MAX_SCAN_ENTRIES, max_dirs: int | None = None) -> dict[str, Entry]:
+    """Regular files under ``root`` (symlinks not followed, at most ``limit`` files, ``max_dirs`` dirs)."""
+    found = _Found()
     stack = [("", str(root))]
+    dirs = 0
     while stack and len(found) < limit:
+        dirs += 1
+        if max_dirs is not None and dirs > max_dirs:
+            found.incomplete = True
+            break
         prefix, path = stack.pop()
         try:
             it = os.scandir(path)

@@ -35,7 +35,8 @@ router = APIRouter(prefix="/api/v1", tags=["sessions"])
 MAX_CODE = 1 << 20
 
 
-def get_manager(request: Request) -> SessionManager:
+async def get_manager(request: Request) -> SessionManager:
+    # async: FastAPI runs sync dependencies in its threadpool, a thread hop on every request.
     return request.app.state.sessions
 
 
