@@ -414,6 +414,24 @@ class SessionManager:
     def list(self, owner: str) -> list[SessionInfo]:
         return [s.info() for s in self.sessions.values() if s.owner == owner]
 
+    async def restart(self, owner: str, session_id: str) -> Session:
+        """A fresh kernel for the session, its files kept; also how a dead session is brought back."""
+        session = self.get(owner, session_id)
+        if session.status == "busy" or session.current is not None or not session.queue.empty():
+            raise ApiError(409, "session_busy", "a cell is running or queued; cancel it before restarting")
+        try:
+            await session.sandbox.restart()
+        except SandboxError as exc:
+            session.status = "dead"
+            session.reason = f"restart failed: {exc}"
+            self._write(self.store.set_session_status(session.id, "dead", session.reason))
+            raise ApiError(503, "sandbox_failed", f"the kernel could not restart: {exc}") from None
+        session.status = "idle"
+        session.reason = None
+        session.last_active = _now()
+        self._write(self.store.set_session_status(session.id, "idle", None))
+        return session
+
     async def delete(self, owner: str, session_id: str) -> None:
         await self.end(self.get(owner, session_id), "closed", "deleted by its owner")
 

@@ -119,6 +119,9 @@ class Sandbox(Protocol):
     async def interrupt(self) -> None:
         """Ask the running cell to stop (KeyboardInterrupt in the kernel)."""
 
+    async def restart(self) -> None:
+        """Replace the kernel with a fresh one in the same sandbox: state is lost, the work dir stays."""
+
     @property
     def alive(self) -> bool:
         """False once the kernel process has ended."""

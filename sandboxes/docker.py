@@ -170,7 +170,9 @@ class DockerBackend:
                 attrs = event.get("Actor", {}).get("Attributes", {})
                 sandbox = self._live.get(attrs.get(LABEL_SANDBOX, ""))
                 if sandbox is not None and self._loop is not None:
-                    self._loop.call_soon_threadsafe(sandbox._on_event, event.get("status"), attrs.get("exitCode"))
+                    self._loop.call_soon_threadsafe(
+                        sandbox._on_event, event.get("id"), event.get("status"), attrs.get("exitCode")
+                    )
         except Exception:  # the stream ends when the client closes it at shutdown
             log.debug("docker event stream ended", exc_info=True)
 
@@ -242,6 +244,26 @@ class DockerSandbox:
 
     async def start(self) -> None:
         await asyncio.to_thread(self._prepare_dirs)
+        await self._launch()
+
+    async def restart(self) -> None:
+        """A fresh container and kernel on the same work dir (a host tmpfs): state is gone, files stay."""
+        if self._closed:
+            raise SandboxError("the sandbox is closed")
+        if self.driver is not None:
+            self.driver.stop_channels()
+        old = self.container
+        self.container = None
+        if old is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(old.remove, force=True)
+        self._exit_code = None
+        self._oom = False
+        with contextlib.suppress(FileNotFoundError):
+            (self.rundir / "kernel.json").unlink()
+        await self._launch()
+
+    async def _launch(self) -> None:
         info = write_connection_files(
             self.dir / "connection.json", self.rundir, kernel_ip=f"{IN_RUN}/k", owner=self.file_owner
         )
@@ -323,7 +345,10 @@ class DockerSandbox:
             runtime=cfg.runtime,
         )
 
-    def _on_event(self, status: str | None, exit_code: str | None) -> None:
+    def _on_event(self, container_id: str | None, status: str | None, exit_code: str | None) -> None:
+        # After a restart the old container's death still arrives: only the current one counts.
+        if self.container is None or container_id != self.container.id:
+            return
         if status == "oom":
             self._oom = True
         elif status == "die":

@@ -272,6 +272,29 @@ class LocalSandbox:
             d.mkdir(mode=0o700)
             if b.is_root:
                 os.chown(d, self.uid, self.uid)
+        await self._launch()
+
+    async def restart(self) -> None:
+        """A fresh kernel in the same jail and work dir: state is gone, files stay."""
+        if self._closed:
+            raise SandboxError("the sandbox is closed")
+        if self.driver is not None:
+            self.driver.stop_channels()
+        await self._kill()
+        if self._stderr_task is not None:
+            self._stderr_task.cancel()
+        if self.cgroup is not None:
+            # A new cgroup: the old one's OOM counter would blame the new kernel for the old one's death.
+            await asyncio.to_thread(self.cgroup.remove)
+            self.cgroup = None
+        for name in ("kernel.json",):
+            with contextlib.suppress(FileNotFoundError):
+                (self.rundir / name).unlink()
+        self._stderr_tail.clear()
+        await self._launch()
+
+    async def _launch(self) -> None:
+        b = self.backend
         host_info = write_connection_files(
             self.dir / "connection.json",
             self.rundir,

@@ -225,3 +225,14 @@ async def test_choosing_a_backend_per_session(settings: Settings) -> None:
 async def test_backend_not_allowed_names_the_field(client: httpx.AsyncClient) -> None:
     r = await client.post("/api/v1/sessions", json={"backend": "local"})
     assert r.status_code == 400 and r.json()["field"] == "backend"
+
+
+def test_a_missing_image_or_engine_says_how_to_fix_it(tmp_path, monkeypatch) -> None:
+    from sandboxes.base import SandboxError
+    from sandboxes.docker import DockerBackend, DockerConfig
+
+    with pytest.raises(SandboxError, match="images/build"):
+        DockerBackend(DockerConfig(data_dir=tmp_path, instance="x", image="executor-sandbox:no-such-tag"))
+    monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+    with pytest.raises(SandboxError, match="start dockerd"):
+        DockerBackend(DockerConfig(data_dir=tmp_path, instance="x"))

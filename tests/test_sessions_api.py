@@ -191,6 +191,29 @@ async def test_kernel_death_marks_the_session_dead(client: httpx.AsyncClient, se
     assert r.status_code == 409 and r.json()["error"] == "session_dead"
 
 
+async def test_restart_clears_state_keeps_files_and_revives_a_dead_session(
+    client: httpx.AsyncClient, session: dict
+) -> None:
+    sid = session["id"]
+    await run(client, sid, "x = 1\nopen('kept.txt', 'w').write('kept')")
+    r = await client.post(f"/api/v1/sessions/{sid}/restart")
+    assert r.status_code == 200 and r.json()["status"] == "idle"
+    r = await run(client, sid, "open('kept.txt').read()")
+    assert r["result"] == "'kept'"
+    assert (await run(client, sid, "x"))["error"]["name"] == "NameError"
+    await run(client, sid, "import os\nos._exit(1)")
+    assert (await client.get(f"/api/v1/sessions/{sid}")).json()["status"] == "dead"
+    r = await client.post(f"/api/v1/sessions/{sid}/restart")
+    assert r.status_code == 200 and r.json()["status"] == "idle" and r.json()["reason"] is None
+    assert (await run(client, sid, "6 * 7"))["result"] == "42"
+    busy = await client.post(
+        f"/api/v1/sessions/{sid}/executions", json={"code": "import time\ntime.sleep(30)", "wait": False}
+    )
+    r = await client.post(f"/api/v1/sessions/{sid}/restart")
+    assert r.status_code == 409 and r.json()["error"] == "session_busy"
+    await client.post(f"/api/v1/sessions/{sid}/executions/{busy.json()['id']}/cancel")
+
+
 async def test_segfault_marks_the_session_dead(client: httpx.AsyncClient, session: dict) -> None:
     r = await run(client, session["id"], "import ctypes\nctypes.string_at(0)")
     assert r["status"] == "error" and r["error"]["name"] == "KernelDied"

@@ -19,11 +19,9 @@ from fastapi import Cookie, FastAPI, Header, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
 from pydantic import BaseModel
 
-from executor import errors
-from executor.api import tool_servers, tools
-from executor.openapi.service import ToolServerService, namespaced
+from executor.app import create_app
+from executor.openapi.service import namespaced
 from executor.settings import Settings
-from executor.store import Store
 from tests.toolserver_helpers import counting_tcp_server, serve
 
 KEY = "k-super-secret-123"
@@ -159,42 +157,28 @@ def tool_server_app() -> FastAPI:
     return app
 
 
-def service_app(settings: Settings) -> FastAPI:
-    """The service's routers with the lifespan the real app gives them."""
+# The session-wide matplotlib font cache of conftest, so each service start does not rebuild it.
+_shared: dict[str, Path] = {}
 
-    @contextlib.asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        store = Store(settings.db_url)
-        await store.create_all()
-        service = ToolServerService(settings, store)
-        await service.start()
-        app.state.store = store
-        app.state.tool_servers = service
-        try:
-            yield
-        finally:
-            await service.close()
-            await store.close()
 
-    app = FastAPI(lifespan=lifespan)
-    app.state.settings = settings
-    errors.install(app)
-    app.include_router(tool_servers.router)
-    app.include_router(tools.router)
-    return app
+@pytest.fixture(autouse=True)
+def _shared_cache(cache_dir: Path) -> None:
+    _shared["cache_dir"] = cache_dir
 
 
 @contextlib.asynccontextmanager
 async def running_service(tmp_path: Path, **overrides: Any) -> AsyncIterator[httpx.AsyncClient]:
     base_settings: dict[str, Any] = {
         "data_dir": tmp_path,
+        "cache_dir": _shared.get("cache_dir"),
+        "pool_size": 0,
         "egress_allowlist": ["127.0.0.1"],
         "tool_server_timeout_s": 2,
         "tool_server_retry_backoff_s": 0.01,
         "tool_server_max_response_bytes": 1 << 16,
     }
     settings = Settings(_env_file=None, **{**base_settings, **overrides})  # type: ignore[call-arg]
-    async with serve(service_app(settings)) as base, httpx.AsyncClient(base_url=base, timeout=20) as client:
+    async with serve(create_app(settings)) as base, httpx.AsyncClient(base_url=base, timeout=20) as client:
         yield client
 
 

@@ -98,6 +98,13 @@ async def delete_session(session_id: SessionId, principal: CurrentPrincipal, man
     return Response(status_code=204)
 
 
+@router.post("/sessions/{session_id}/restart", response_model=SessionInfo)
+async def restart_session(session_id: SessionId, principal: CurrentPrincipal, manager: Manager) -> SessionInfo:
+    """A fresh kernel in the same sandbox, as Jupyter's restart: variables are gone, files stay. Also brings a
+    dead session back (never done silently). 409 while a cell runs or waits."""
+    return (await manager.restart(principal.id, session_id)).info()
+
+
 # -- executions -----------------------------------------------------------------------------------------
 
 
