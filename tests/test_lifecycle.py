@@ -85,6 +85,7 @@ async def test_results_survive_a_restart_and_old_sessions_are_reported_dead(sett
 
 
 def test_sigterm_stops_every_kernel(spawn_service, settings: Settings) -> None:
+    settings.pool_size = 2  # pooled kernels must go too
     svc = spawn_service()
     sid = httpx.post(f"{svc.url}/api/v1/sessions", json={}, headers=AUTH).json()["id"]
     instance = _instance(settings)
