@@ -287,9 +287,8 @@ class LocalSandbox:
             # A new cgroup: the old one's OOM counter would blame the new kernel for the old one's death.
             await asyncio.to_thread(self.cgroup.remove)
             self.cgroup = None
-        for name in ("kernel.json",):
-            with contextlib.suppress(FileNotFoundError):
-                (self.rundir / name).unlink()
+        with contextlib.suppress(FileNotFoundError):
+            (self.rundir / "kernel.json").unlink()
         self._stderr_tail.clear()
         await self._launch()
 

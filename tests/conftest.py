@@ -163,6 +163,25 @@ async def run(client: httpx.AsyncClient, session_id: str, code: str, **extra: ob
     return r.json()
 
 
+def fork_bomb(tries: int) -> str:
+    """A cell that forks sleepers until the pids limit says no; prints ``stopped <errno>``, returns the count."""
+    return (
+        "import os, time\n"
+        "n = 0\n"
+        "try:\n"
+        f"    for _ in range({tries}):\n"
+        "        if os.fork() == 0:\n"
+        "            time.sleep(30); os._exit(0)\n"
+        "        n += 1\n"
+        "except OSError as e:\n"
+        "    print('stopped', e.errno)\n"
+        "n"
+    )
+
+
+MEMORY_BOMB = "chunks = []\nwhile True:\n    chunks.append(bytearray(32 * 1024 * 1024))"
+
+
 def sandbox_processes(instance: str) -> list[int]:
     """Pids of every process a sandbox of this service instance started (found by their marker env)."""
     marker = f"{MARKER_ENV}={instance}:".encode()

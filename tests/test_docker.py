@@ -10,7 +10,16 @@ import pytest
 
 from executor.settings import Settings
 from sandboxes.docker import LABEL_INSTANCE, LABEL_SANDBOX
-from tests.conftest import DOCKER_IMAGE, Service, labeled_containers, run, start_service, stop_service
+from tests.conftest import (
+    DOCKER_IMAGE,
+    MEMORY_BOMB,
+    Service,
+    fork_bomb,
+    labeled_containers,
+    run,
+    start_service,
+    stop_service,
+)
 
 pytestmark = pytest.mark.docker
 
@@ -52,19 +61,7 @@ async def test_security_defaults_from_inside(client: httpx.AsyncClient, session:
 async def test_fork_bomb_stays_inside_the_pids_limit(client: httpx.AsyncClient) -> None:
     sid = (await client.post("/api/v1/sessions", json={"limits": {"pids": 64}})).json()["id"]
     try:
-        code = (
-            "import os, time\n"
-            "n = 0\n"
-            "try:\n"
-            "    for _ in range(500):\n"
-            "        if os.fork() == 0:\n"
-            "            time.sleep(30); os._exit(0)\n"
-            "        n += 1\n"
-            "except OSError as e:\n"
-            "    print('stopped', e.errno)\n"
-            "n"
-        )
-        r = await run(client, sid, code, timeout_s=30)
+        r = await run(client, sid, fork_bomb(500), timeout_s=30)
         assert "stopped 11" in r["stdout"]
         assert int(r["result"]) < 64
         assert (await client.get("/healthz")).status_code == 200
@@ -78,7 +75,7 @@ async def test_memory_bomb_kills_only_its_session(client: httpx.AsyncClient) -> 
     bystander = (await client.post("/api/v1/sessions", json={})).json()["id"]
     try:
         await run(client, bystander, "keep = 41")
-        r = await run(client, victim, "chunks = []\nwhile True:\n    chunks.append(bytearray(32 * 1024 * 1024))")
+        r = await run(client, victim, MEMORY_BOMB)
         assert r["status"] == "error" and r["error"]["name"] == "KernelDied"
         assert "out of memory" in r["error"]["value"]
         info = (await client.get(f"/api/v1/sessions/{victim}")).json()

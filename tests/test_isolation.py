@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import Service, run
+from tests.conftest import MEMORY_BOMB, Service, fork_bomb, run
 
 
 @pytest.fixture
@@ -90,7 +90,7 @@ async def test_memory_bomb_kills_only_its_session(client: httpx.AsyncClient, ser
     bystander = (await client.post("/api/v1/sessions", json={})).json()["id"]
     try:
         await run(client, bystander, "keep = 41")
-        r = await run(client, victim, "chunks = []\nwhile True:\n    chunks.append(bytearray(32 * 1024 * 1024))")
+        r = await run(client, victim, MEMORY_BOMB)
         assert r["status"] == "error"
         assert r["error"]["name"] in ("KernelDied", "MemoryError"), r["error"]
         info = (await client.get(f"/api/v1/sessions/{victim}")).json()
@@ -106,19 +106,7 @@ async def test_memory_bomb_kills_only_its_session(client: httpx.AsyncClient, ser
 async def test_fork_bomb_stays_inside_the_pids_limit(client: httpx.AsyncClient) -> None:
     sid = (await client.post("/api/v1/sessions", json={"limits": {"pids": 32}})).json()["id"]
     try:
-        code = (
-            "import os, time\n"
-            "n = 0\n"
-            "try:\n"
-            "    for _ in range(200):\n"
-            "        if os.fork() == 0:\n"
-            "            time.sleep(30); os._exit(0)\n"
-            "        n += 1\n"
-            "except OSError as e:\n"
-            "    print('stopped', e.errno)\n"
-            "n"
-        )
-        r = await run(client, sid, code, timeout_s=20)
+        r = await run(client, sid, fork_bomb(200), timeout_s=20)
         assert "stopped 11" in r["stdout"]  # EAGAIN
         assert int(r["result"]) < 32
         assert (await client.get("/healthz")).status_code == 200
