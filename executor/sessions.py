@@ -440,8 +440,11 @@ class SessionManager:
         if session.id not in self.sessions:
             return
         del self.sessions[session.id]
-        if session.current is not None:
-            session.current.cancel_requested = True
+        # Read before the worker is cancelled: its `finally` clears `current`, and the running execution
+        # must still be finished, or a client waiting on it would wait forever.
+        running = session.current
+        if running is not None:
+            running.cancel_requested = True
         if session.worker is not None:
             session.worker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -449,7 +452,7 @@ class SessionManager:
         session.status = status
         session.reason = reason
         await session.sandbox.close()
-        pending = [session.current] if session.current else []
+        pending = [running] if running else []
         while not session.queue.empty():
             pending.append(session.queue.get_nowait())
         for ex in pending:
@@ -536,10 +539,15 @@ class SessionManager:
         ex.cancel_requested = True
         if session.current is ex:
             await session.sandbox.interrupt()
+        else:
+            # Still queued: it ends now; the worker skips it when its turn comes.
+            self._finish(ex, EndEvent(status="ok"), "cancelled")
 
     async def _work(self, session: Session) -> None:
         while True:
             ex = await session.queue.get()
+            if ex.done.is_set():
+                continue
             if ex.cancel_requested:
                 self._finish(ex, EndEvent(status="ok"), "cancelled")
                 continue

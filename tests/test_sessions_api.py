@@ -148,13 +148,31 @@ async def test_cancel_interrupts_and_the_session_stays_usable(client: httpx.Asyn
             break
         await asyncio.sleep(0.02)
     r = await client.post(f"/api/v1/sessions/{sid}/executions/{qid}/cancel")
-    assert r.status_code == 200
+    assert r.status_code == 200 and r.json()["status"] == "cancelled", "a queued cell ends at once"
     r = await client.post(f"/api/v1/sessions/{sid}/executions/{eid}/cancel")
     assert r.json()["status"] == "cancelled"
     r = await client.get(f"/api/v1/sessions/{sid}/executions/{qid}")
     assert r.json()["status"] == "cancelled" and r.json()["result"] is None
     r = await run(client, sid, "1 + 1")
     assert r["result"] == "2"
+
+
+async def test_deleting_a_busy_session_ends_its_executions(client: httpx.AsyncClient) -> None:
+    sid = (await client.post("/api/v1/sessions", json={})).json()["id"]
+    waiting = asyncio.create_task(
+        client.post(f"/api/v1/sessions/{sid}/executions", json={"code": "import time\ntime.sleep(60)"})
+    )
+    queued = await client.post(f"/api/v1/sessions/{sid}/executions", json={"code": "1", "wait": False})
+    for _ in range(200):
+        if (await client.get(f"/api/v1/sessions/{sid}")).json()["status"] == "busy":
+            break
+        await asyncio.sleep(0.02)
+    assert (await client.delete(f"/api/v1/sessions/{sid}")).status_code == 204
+    r = await asyncio.wait_for(waiting, timeout=30)
+    assert r.status_code == 200 and r.json()["status"] == "cancelled"
+    assert "session ended" in r.json()["error"]["value"]
+    r = await client.get(f"/api/v1/sessions/{sid}/executions/{queued.json()['id']}")
+    assert r.status_code == 200 and r.json()["status"] == "cancelled"
 
 
 async def test_executions_run_in_submission_order(client: httpx.AsyncClient, session: dict) -> None:
