@@ -538,7 +538,14 @@ class SessionManager:
             return
         ex.cancel_requested = True
         if session.current is ex:
-            await session.sandbox.interrupt()
+            # An interrupt that lands before the kernel has begun the cell is lost, so repeat it while this
+            # same cell is still the one running (the next cell is only sent after this one's end is seen).
+            for _ in range(20):
+                if ex.done.is_set() or session.current is not ex:
+                    break
+                await session.sandbox.interrupt()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(ex.done.wait()), 0.5)
         else:
             # Still queued: it ends now; the worker skips it when its turn comes.
             self._finish(ex, EndEvent(status="ok"), "cancelled")
