@@ -87,6 +87,7 @@ class SessionInfo(BaseModel):
     expires_at: datetime
     limits: SessionLimits
     jail: str | None = None
+    sandbox_id: str | None = Field(None, description="The sandbox (container label executor.sandbox) it runs in.")
 
 
 class ExecutionAccepted(BaseModel):
@@ -200,6 +201,7 @@ class Session:
             expires_at=self.expires_at,
             limits=self.limits,
             jail=getattr(self.sandbox, "jail", None),
+            sandbox_id=self.sandbox.id,
         )
 
 
@@ -359,16 +361,19 @@ class SessionManager:
         poolable = pool.fits(wanted, req.env) and bool(pool.ready)
         self._check_capacity(owner, poolable)
         sandbox = pool.take() if poolable else None
+        session_id = _new_id()
         if sandbox is None:
             self._starting[owner] = self._starting.get(owner, 0) + 1
             try:
-                sandbox = await self.backends[name].create(wanted, req.env)
+                # Pooled sandboxes were made before their session existed; fresh ones carry its name.
+                labels = {"executor.session": session_id, "executor.owner": owner}
+                sandbox = await self.backends[name].create(wanted, req.env, labels)
             except SandboxError as exc:
                 log.warning("sandbox start failed: %s", exc)
                 raise ApiError(503, "sandbox_failed", f"the sandbox could not start: {exc}") from None
             finally:
                 self._starting[owner] -= 1
-        session = Session(id=_new_id(), owner=owner, backend=name, limits=limits, ttl_s=ttl, sandbox=sandbox)
+        session = Session(id=session_id, owner=owner, backend=name, limits=limits, ttl_s=ttl, sandbox=sandbox)
         self.sessions[session.id] = session
         session.worker = asyncio.create_task(self._work(session))
         self._write(

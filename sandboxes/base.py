@@ -149,8 +149,11 @@ class Backend(Protocol):
     async def reap(self) -> dict[str, int]:
         """Remove what no live sandbox owns (periodically)."""
 
-    async def create(self, limits: Limits, env: dict[str, str] | None = None) -> Sandbox:
-        """A new, started sandbox. Raises SandboxError saying why it could not start."""
+    async def create(
+        self, limits: Limits, env: dict[str, str] | None = None, labels: dict[str, str] | None = None
+    ) -> Sandbox:
+        """A new, started sandbox. ``labels`` name its owner where the backend can show them (containers).
+        Raises SandboxError saying why it could not start."""
 
     async def stop(self) -> None:
         """Remove every sandbox of this backend."""

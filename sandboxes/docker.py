@@ -207,8 +207,10 @@ class DockerBackend:
                 self._events.close()
         shutil.rmtree(self.run_root, ignore_errors=True)
 
-    async def create(self, limits: Limits, env: Mapping[str, str] | None = None) -> DockerSandbox:
-        sandbox = DockerSandbox(self, secrets.token_hex(6), limits, dict(env or {}))
+    async def create(
+        self, limits: Limits, env: Mapping[str, str] | None = None, labels: Mapping[str, str] | None = None
+    ) -> DockerSandbox:
+        sandbox = DockerSandbox(self, secrets.token_hex(6), limits, dict(env or {}), dict(labels or {}))
         self._live[sandbox.id] = sandbox
         try:
             await sandbox.start()
@@ -223,9 +225,17 @@ class DockerSandbox:
 
     jail = "docker"
 
-    def __init__(self, backend: DockerBackend, sandbox_id: str, limits: Limits, env: dict[str, str]) -> None:
+    def __init__(
+        self,
+        backend: DockerBackend,
+        sandbox_id: str,
+        limits: Limits,
+        env: dict[str, str],
+        labels: dict[str, str] | None = None,
+    ) -> None:
         self.backend = backend
         self.id = sandbox_id
+        self.labels = labels or {}
         self.limits = limits
         self.env = env
         self.dir = backend.root / sandbox_id
@@ -318,7 +328,7 @@ class DockerSandbox:
             kernel_command(IN_PYTHON, f"{IN_RUN}/kernel.json", "sandbox_runtime"),
             name=f"executor-{self.backend.instance}-{self.id}",
             detach=True,
-            labels={LABEL_INSTANCE: self.backend.instance, LABEL_SANDBOX: self.id},
+            labels={**self.labels, LABEL_INSTANCE: self.backend.instance, LABEL_SANDBOX: self.id},
             network_mode="none",
             cap_drop=["ALL"],
             security_opt=["no-new-privileges"],

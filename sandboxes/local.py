@@ -231,7 +231,9 @@ class LocalBackend:
             self._uids_used.discard(uid)
             self._uids_free.append(uid)
 
-    async def create(self, limits: Limits, env: Mapping[str, str] | None = None) -> LocalSandbox:
+    async def create(
+        self, limits: Limits, env: Mapping[str, str] | None = None, labels: Mapping[str, str] | None = None
+    ) -> LocalSandbox:
         """Start a new jailed kernel; returns once it is ready to execute."""
         sandbox = LocalSandbox(self, secrets.token_hex(6), limits, dict(env or {}))
         try:

@@ -219,6 +219,24 @@ async def test_choosing_a_backend_per_session(settings: Settings) -> None:
         await stop_service(server, task)
 
 
+async def test_containers_are_labeled_with_instance_session_and_owner(
+    service: Service, client: httpx.AsyncClient
+) -> None:
+    import docker
+
+    from executor.auth import principal_id
+    from tests.conftest import KEY_A
+
+    info = (await client.post("/api/v1/sessions", json={})).json()
+    try:
+        (container,) = docker.from_env().containers.list(filters={"label": f"executor.session={info['id']}"})
+        assert container.labels[LABEL_INSTANCE] == service.instance
+        assert container.labels[LABEL_SANDBOX] == info["sandbox_id"]
+        assert container.labels["executor.owner"] == principal_id(KEY_A)
+    finally:
+        await client.delete(f"/api/v1/sessions/{info['id']}")
+
+
 async def test_backend_not_allowed_names_the_field(client: httpx.AsyncClient) -> None:
     r = await client.post("/api/v1/sessions", json={"backend": "local"})
     assert r.status_code == 400 and r.json()["field"] == "backend"
