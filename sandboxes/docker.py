@@ -19,6 +19,7 @@ import secrets
 import shutil
 import signal
 import threading
+import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -120,6 +121,7 @@ class DockerBackend:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._events: Any = None
         self._watcher: threading.Thread | None = None
+        self._stopping = False
 
     def describe(self) -> dict[str, Any]:
         """What /readyz shows: engine, image, and the isolation features really in force."""
@@ -152,10 +154,6 @@ class DockerBackend:
     def prepare(self, loop: asyncio.AbstractEventLoop) -> dict[str, int]:
         """Start watching container deaths, then remove what an earlier run left."""
         self._loop = loop
-        self._events = self.client.events(
-            decode=True,
-            filters={"type": "container", "event": ["die", "oom"], "label": [f"{LABEL_INSTANCE}={self.instance}"]},
-        )
         self._watcher = threading.Thread(target=self._watch, name="docker-events", daemon=True)
         self._watcher.start()
         reaped = self.reap_orphans()
@@ -165,16 +163,47 @@ class DockerBackend:
         return reaped
 
     def _watch(self) -> None:
-        try:
-            for event in self._events:
-                attrs = event.get("Actor", {}).get("Attributes", {})
-                sandbox = self._live.get(attrs.get(LABEL_SANDBOX, ""))
-                if sandbox is not None and self._loop is not None:
-                    self._loop.call_soon_threadsafe(
-                        sandbox._on_event, event.get("id"), event.get("status"), attrs.get("exitCode")
-                    )
-        except Exception:  # the stream ends when the client closes it at shutdown
-            log.debug("docker event stream ended", exc_info=True)
+        # The stream ends when the engine restarts: subscribe again, then look at every live container, so
+        # a death that happened while nobody listened is not missed.
+        while not self._stopping:
+            try:
+                self._events = self.client.events(
+                    decode=True,
+                    filters={
+                        "type": "container",
+                        "event": ["die", "oom"],
+                        "label": [f"{LABEL_INSTANCE}={self.instance}"],
+                    },
+                )
+                self._reconcile()
+                for event in self._events:
+                    attrs = event.get("Actor", {}).get("Attributes", {})
+                    sandbox = self._live.get(attrs.get(LABEL_SANDBOX, ""))
+                    if sandbox is not None:
+                        self._notify(sandbox, event.get("id"), event.get("status"), attrs.get("exitCode"))
+            except Exception:
+                log.warning("docker event stream lost; subscribing again", exc_info=True)
+            if not self._stopping:
+                time.sleep(1)
+
+    def _reconcile(self) -> None:
+        for sandbox in list(self._live.values()):
+            container = sandbox.container
+            if container is None:
+                continue
+            try:
+                container.reload()
+                state = container.attrs["State"]
+            except Exception:
+                state = {"Running": False, "ExitCode": -1}
+            if not state.get("Running", False):
+                if state.get("OOMKilled"):
+                    self._notify(sandbox, container.id, "oom", None)
+                self._notify(sandbox, container.id, "die", str(state.get("ExitCode", -1)))
+
+    def _notify(self, sandbox: DockerSandbox, container_id: str | None, status: str | None, code: str | None) -> None:
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(sandbox._on_event, container_id, status, code)
 
     def reap_orphans(self) -> dict[str, int]:
         """Remove containers of this instance that no live sandbox owns, and their dirs and mounts."""
@@ -202,6 +231,7 @@ class DockerBackend:
         if self._teardowns:
             await asyncio.gather(*self._teardowns, return_exceptions=True)
         await asyncio.to_thread(self.reap_orphans)
+        self._stopping = True
         if self._events is not None:
             with contextlib.suppress(Exception):
                 self._events.close()

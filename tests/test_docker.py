@@ -251,3 +251,21 @@ def test_a_missing_image_or_engine_says_how_to_fix_it(tmp_path, monkeypatch) -> 
     monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")
     with pytest.raises(SandboxError, match="start dockerd"):
         DockerBackend(DockerConfig(data_dir=tmp_path, instance="x"))
+
+
+async def test_a_death_missed_by_the_event_stream_is_still_seen(service: Service, client: httpx.AsyncClient) -> None:
+    """The engine's event stream breaks (as when dockerd restarts): deaths meanwhile are found on resubscribe."""
+    backend = service.app.state.backends["docker"]  # type: ignore[attr-defined]
+    sid = (await client.post("/api/v1/sessions", json={})).json()["id"]
+    try:
+        sandbox = service.app.state.sessions.sessions[sid].sandbox  # type: ignore[attr-defined]
+        backend._events.close()  # the stream ends; the watcher subscribes again a second later
+        await asyncio.to_thread(sandbox.container.kill)
+        for _ in range(100):
+            if not sandbox.alive:
+                break
+            await asyncio.sleep(0.05)
+        r = await run(client, sid, "1")
+        assert r["status"] == "error" and r["error"]["name"] == "KernelDied"
+    finally:
+        await client.delete(f"/api/v1/sessions/{sid}")
