@@ -106,6 +106,7 @@ async def api(args: argparse.Namespace, data: Path, cache: Path) -> dict[str, li
         "EXECUTOR_CACHE_DIR": str(cache),
         "EXECUTOR_PORT": str(port),
         "EXECUTOR_MAX_SESSIONS_PER_PRINCIPAL": "50",
+        "EXECUTOR_POOL_SIZE": "0",  # the goal is create-to-ready without a pool (bench_docker measures pooled)
     }
     proc = subprocess.Popen(  # noqa: ASYNC220 (started once, before anything is measured)
         [sys.executable, "-m", "executor", "serve"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
