@@ -97,26 +97,26 @@ class CgroupManager:
         if os.geteuid() != 0:
             self.reason = "the service does not run as root"
             return
-        try:
-            if (ROOT / "cgroup.controllers").exists():
-                self._init_v2()
-            elif all((ROOT / c).is_dir() for c in _V1_CONTROLLERS):
-                for c in _V1_CONTROLLERS:
-                    (ROOT / c / self.parent_name).mkdir(exist_ok=True)
-                self.version = 1
-                self.reason = "cgroup v1"
+        # Only look here: the instance's parent dirs are made on first use and removed by close(), so a
+        # manager that is built and dropped (a configuration check) leaves nothing behind.
+        if (ROOT / "cgroup.controllers").exists():
+            if os.access(ROOT, os.W_OK):
+                self.version, self.reason = 2, "cgroup v2"
             else:
-                self.reason = "no memory/pids/cpu cgroup controllers mounted"
-        except OSError as exc:
-            self.version = 0
-            self.reason = f"cgroups not writable: {exc}"
+                self.reason = f"{ROOT} is not writable"
+        elif all((ROOT / c).is_dir() for c in _V1_CONTROLLERS):
+            if all(os.access(ROOT / c, os.W_OK) for c in _V1_CONTROLLERS):
+                self.version, self.reason = 1, "cgroup v1"
+            else:
+                self.reason = "the cgroup v1 controllers are not writable"
+        else:
+            self.reason = "no memory/pids/cpu cgroup controllers mounted"
 
-    def _init_v2(self) -> None:
-        parent = ROOT / self.parent_name
-        parent.mkdir(exist_ok=True)
-        (parent / "cgroup.subtree_control").write_text("+memory +pids +cpu")
-        self.version = 2
-        self.reason = "cgroup v2"
+    def _ensure_parents(self) -> None:
+        for parent in self._parents():
+            parent.mkdir(exist_ok=True)
+        if self.version == 2:
+            (ROOT / self.parent_name / "cgroup.subtree_control").write_text("+memory +pids +cpu")
 
     @property
     def available(self) -> bool:
@@ -130,6 +130,7 @@ class CgroupManager:
     def create(self, name: str, *, memory_mb: int, pids: int, cpus: float) -> Cgroup:
         memory = str(memory_mb * 1024 * 1024)
         quota = str(max(1000, int(cpus * _CFS_PERIOD_US)))
+        self._ensure_parents()
         dirs = [p / name for p in self._parents()]
         for d in dirs:
             d.mkdir()
@@ -151,6 +152,15 @@ class CgroupManager:
             (d / "pids.max").write_text(str(pids))
             (d / "cpu.max").write_text(f"{quota} {_CFS_PERIOD_US}")
         return Cgroup(dirs, self.version)
+
+    def close(self) -> None:
+        """Remove every sandbox cgroup of this instance, then the instance's own parent dirs."""
+        if not self.available:
+            return
+        self.reap()
+        for parent in self._parents():
+            with contextlib.suppress(OSError):
+                parent.rmdir()
 
     def reap(self, keep: set[str] = frozenset()) -> list[str]:  # type: ignore[assignment]
         """Remove every sandbox cgroup of this instance not in ``keep``; returns the names removed."""

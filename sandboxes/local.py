@@ -205,6 +205,7 @@ class LocalBackend:
 
     def shutdown(self) -> None:
         self.reap_orphans()
+        self.cgroups.close()
         shutil.rmtree(self.run_root, ignore_errors=True)
 
     async def start(self) -> dict[str, int]:

@@ -140,6 +140,7 @@ async def service(settings: Settings) -> AsyncIterator[Service]:
         assert not list((settings.data_dir / "sandboxes").glob("*")), "work dirs left after shutdown"
         assert not list((settings.data_dir / "docker").glob("*")), "container work dirs left after shutdown"
         assert labeled_containers(svc.instance) == [], "containers left after shutdown"
+        assert instance_cgroups(svc.instance) == [], "cgroups left after shutdown"
 
 
 @pytest.fixture
@@ -197,6 +198,13 @@ def sandbox_processes(instance: str) -> list[int]:
         except OSError:
             continue
     return found
+
+
+def instance_cgroups(instance: str) -> list[str]:
+    """cgroup dirs of this service instance (any controller, v1 or v2)."""
+    return [str(p) for p in Path("/sys/fs/cgroup").glob(f"*/executor-{instance}")] + [
+        str(p) for p in Path("/sys/fs/cgroup").glob(f"executor-{instance}")
+    ]
 
 
 def labeled_containers(instance: str) -> list[str]:
@@ -281,6 +289,8 @@ def _no_leftovers() -> Iterator[None]:
     assert not any(leftovers.values()), f"sandbox processes left after the test run: {leftovers}"
     dirs = [i for i in INSTANCES if Path(f"/tmp/executor-{i}").exists() or Path(f"/tmp/executor-{i}-d").exists()]
     assert not dirs, f"socket dirs left after the test run: {dirs}"
+    cgroups = [c for i in INSTANCES for c in instance_cgroups(i)]
+    assert not cgroups, f"cgroups left after the test run: {cgroups[:5]}"
     containers = {i: labeled_containers(i) for i in DOCKER_INSTANCES}
     assert not any(containers.values()), f"containers left after the test run: {containers}"
 

@@ -14,7 +14,7 @@ import pytest
 from executor.settings import Settings
 from sandboxes.base import SandboxError, instance_id
 from sandboxes.local import LocalBackend, LocalConfig
-from tests.conftest import KEY_A, KEY_B, Service, run, sandbox_processes, start_service, stop_service
+from tests.conftest import KEY_A, KEY_B, Service, instance_cgroups, run, sandbox_processes, start_service, stop_service
 
 AUTH = {"Authorization": f"Bearer {KEY_A}"}
 
@@ -97,6 +97,7 @@ def test_sigterm_stops_every_kernel(spawn_service, settings: Settings) -> None:
     assert sandbox_processes(instance) == []
     assert list((settings.data_dir / "sandboxes").iterdir()) == []
     assert not Path(f"/tmp/executor-{instance}").exists()
+    assert instance_cgroups(instance) == []
     assert sid
 
 
