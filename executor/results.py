@@ -221,6 +221,10 @@ class ResultBuilder:
             error = ErrorInfo(name="KernelDied", value=end.reason or "the kernel died", traceback=[])
         elif end.status == "timeout" and (error is None or error.name == "KeyboardInterrupt"):
             error = ErrorInfo(name="TimeoutError", value=end.reason or "the cell timed out", traceback=[])
+        return self.snapshot(status, error)
+
+    def snapshot(self, status: ExecutionStatus, error: ErrorInfo | None = None) -> ExecutionResult:
+        """What has arrived so far, as a result with ``status`` (``error`` defaults to the cell's own)."""
         return ExecutionResult(
             id=self.execution_id,
             session_id=self.session_id,
@@ -228,7 +232,7 @@ class ResultBuilder:
             stdout=self.stdout.value(),
             stderr=self.stderr.value(),
             result=self.result,
-            error=error,
+            error=error if error is not None else self.error,
             outputs=list(self.outputs),
             truncated=self.truncated,
         )

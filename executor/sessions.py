@@ -132,19 +132,9 @@ class Execution:
         """The result so far: final once done, else the status with what has arrived."""
         if self.result is not None:
             return self.result
-        b = self.builder
-        return ExecutionResult(
-            id=self.id,
-            session_id=self.session_id,
-            status=self.status,
-            stdout=b.stdout.value(),
-            stderr=b.stderr.value(),
-            result=b.result,
-            error=b.error,
-            outputs=list(b.outputs),
-            truncated=b.truncated,
-            started_at=self.started_at,
-        )
+        partial = self.builder.snapshot(self.status)
+        partial.started_at = self.started_at
+        return partial
 
     async def events(self) -> AsyncIterator[tuple[str, dict[str, Any]]]:
         """Everything that already happened, then each new event until ``done``."""

@@ -123,7 +123,7 @@ class Settings(BaseSettings):
 
     @field_validator("api_keys", "allowed_backends", mode="before")
     @classmethod
-    def _split_keys(cls, value: object) -> object:
+    def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):
             return [k.strip() for k in value.split(",") if k.strip()]
         return value

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import mimetypes
 import os
+import shutil
 import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -142,8 +143,6 @@ def write_file(root: Path, rel: PurePosixPath, chunks: Iterator[bytes], owner: i
 
 def delete(root: Path, rel: PurePosixPath) -> None:
     """Remove a file, a symlink (not its target) or a directory tree."""
-    import shutil
-
     with _open_parent(root, rel) as parent:
         st = os.stat(rel.name, dir_fd=parent, follow_symlinks=False)
         if stat.S_ISDIR(st.st_mode):
@@ -155,18 +154,20 @@ def delete(root: Path, rel: PurePosixPath) -> None:
 async def scan_async(root: Path) -> dict[str, Entry]:
     """``scan`` without blocking the event loop: small dirs inline (no thread hop), big ones in a thread."""
     found = scan(root, INLINE_SCAN_ENTRIES, max_dirs=INLINE_SCAN_ENTRIES)
-    if len(found) < INLINE_SCAN_ENTRIES and not getattr(found, "incomplete", False):
+    if len(found) < INLINE_SCAN_ENTRIES and not found.incomplete:
         return found
     return await asyncio.to_thread(scan, root)
 
 
-class _Found(dict[str, Entry]):
+class Scan(dict[str, Entry]):
+    """Files by path; ``incomplete`` when a directory limit stopped the walk."""
+
     incomplete = False
 
 
-def scan(root: Path, limit: int = MAX_SCAN_ENTRIES, max_dirs: int | None = None) -> dict[str, Entry]:
+def scan(root: Path, limit: int = MAX_SCAN_ENTRIES, max_dirs: int | None = None) -> Scan:
     """Regular files under ``root`` (symlinks not followed, at most ``limit`` files, ``max_dirs`` dirs)."""
-    found = _Found()
+    found = Scan()
     stack = [("", str(root))]
     dirs = 0
     while stack and len(found) < limit:

@@ -8,7 +8,7 @@ WORKDIR /opt/executor-service
 COPY pyproject.toml README.md ./
 COPY executor ./executor
 COPY sandboxes ./sandboxes
-RUN python3 -m venv /opt/service && /opt/service/bin/pip install '.[docker,postgres]'
+RUN python3 -m venv /opt/service && /opt/service/bin/pip install '.[postgres]'
 ENV PATH=/opt/service/bin:$PATH \
     EXECUTOR_HOST=0.0.0.0 \
     EXECUTOR_DATA_DIR=/var/lib/executor \

@@ -84,10 +84,8 @@ class DockerBackend:
     name = "docker"
 
     def __init__(self, config: DockerConfig) -> None:
-        try:
-            import docker
-        except ImportError as exc:
-            raise SandboxError("the Docker backend needs the Docker SDK: pip install 'executor[docker]'") from exc
+        import docker
+
         self.config = config
         self.instance = config.instance
         self.root = config.data_dir / "docker"

@@ -10,6 +10,7 @@ import tempfile
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from typing import IO, Annotated
+from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Header, Path, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -270,16 +271,10 @@ async def download_file(
         media_type=workfiles.mime_type(rel.name),
         headers={
             "Content-Length": str(size),
-            "Content-Disposition": f"attachment; filename*=UTF-8''{_quote(rel.name)}",
+            "Content-Disposition": f"attachment; filename*=UTF-8''{quote(rel.name, safe='')}",
             "X-Content-Type-Options": "nosniff",
         },
     )
-
-
-def _quote(name: str) -> str:
-    from urllib.parse import quote
-
-    return quote(name, safe="")
 
 
 @router.delete("/sessions/{session_id}/files/{path:path}", status_code=204)

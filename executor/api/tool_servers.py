@@ -104,32 +104,22 @@ async def call_tool_server(
     ] = None,
 ) -> ToolResult:
     """Call one operation with the connection's credentials."""
-    identity: dict[str, str] = {}
+    # Template values for header placeholders such as {{USER_ID}}; empty ones are left out.
+    fields: dict[str, str | None] = {}
     if body.user:
-        identity.update(
-            {
-                k: v
-                for k, v in {
-                    "USER_ID": body.user.id,
-                    "USER_NAME": body.user.name,
-                    "USER_EMAIL": body.user.email,
-                    "USER_ROLE": body.user.role,
-                }.items()
-                if v
-            }
-        )
+        fields |= {
+            "USER_ID": body.user.id,
+            "USER_NAME": body.user.name,
+            "USER_EMAIL": body.user.email,
+            "USER_ROLE": body.user.role,
+        }
     if body.metadata:
-        identity.update(
-            {
-                k: v
-                for k, v in {
-                    "CHAT_ID": body.metadata.chat_id,
-                    "MESSAGE_ID": body.metadata.message_id,
-                    "MODEL_ID": body.metadata.model_id,
-                }.items()
-                if v
-            }
-        )
+        fields |= {
+            "CHAT_ID": body.metadata.chat_id,
+            "MESSAGE_ID": body.metadata.message_id,
+            "MODEL_ID": body.metadata.model_id,
+        }
+    identity = {k: v for k, v in fields.items() if v}
     return await _service(request).call(
         server_id, operation_id, body.arguments, principal, token=token, identity=identity
     )
