@@ -9,7 +9,8 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from executor import errors
-from executor.api import health, sessions, tool_servers, tools
+from executor.access.service import Access
+from executor.api import access, health, sessions, tool_servers, tools
 from executor.openapi.service import ToolServerService
 from executor.sessions import SessionManager
 from executor.settings import Settings
@@ -81,10 +82,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         settings.data_dir.chmod(0o700)
         store = Store(settings.db_url)
         await store.create_all()
+        guard = Access(settings, store)
+        await guard.start()
+        app.state.access = guard
+        app.state.audit = guard.audit
         backends, unavailable = await start_backends(settings)
         manager = SessionManager(settings, store, backends, unavailable)
         await manager.start()
-        servers = ToolServerService(settings, store)
+        servers = ToolServerService(settings, store, guard.audit)
         await servers.start()
         app.state.store = store
         app.state.backends = backends
@@ -97,6 +102,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await manager.stop()
             for backend in backends.values():
                 await backend.stop()
+            await guard.close()
             await store.close()
 
     app = FastAPI(
@@ -111,4 +117,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(sessions.router)
     app.include_router(tool_servers.router)
     app.include_router(tools.router)
+    app.include_router(access.router)
     return app

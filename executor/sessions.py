@@ -21,6 +21,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, field_validator
 
 from executor import workfiles
+from executor.access.principal import key_of
 from executor.errors import ApiError, not_found
 from executor.results import ExecutionResult, ExecutionStatus, FileInfo, ResultBuilder
 from executor.settings import Settings
@@ -80,6 +81,7 @@ class SessionCreate(BaseModel):
 
 class SessionInfo(BaseModel):
     id: str
+    owner: str = Field(description="The principal that owns it: a key id, or key id/end-user id.")
     backend: str
     status: SessionStatus
     reason: str | None = Field(None, description="Why the session is dead or expired.")
@@ -184,6 +186,7 @@ class Session:
     def info(self) -> SessionInfo:
         return SessionInfo(
             id=self.id,
+            owner=self.owner,
             backend=self.backend,
             status=self.status,
             reason=self.reason,
@@ -318,13 +321,24 @@ class SessionManager:
                 429, "host_busy", f"this host runs its maximum of {self.settings.max_sessions} sessions; retry later",
                 headers={"Retry-After": "5"},
             )  # fmt: skip
-        mine = sum(1 for s in self.sessions.values() if s.owner == owner and s.status in ("idle", "busy"))
-        # (a pooled hand-out still counts against the owner's own limit)
-        if mine + self._starting.get(owner, 0) >= self.settings.max_sessions_per_principal:
+        # (a pooled hand-out still counts against the owner's own limits)
+        live = [s.owner for s in self.sessions.values() if s.status in ("idle", "busy")]
+        mine = live.count(owner) + self._starting.get(owner, 0)
+        if mine >= self.settings.max_sessions_per_principal:
             raise ApiError(
                 429, "too_many_sessions",
                 f"you have {self.settings.max_sessions_per_principal} live sessions, the most allowed; "
                 "delete one or wait for one to expire",
+                headers={"Retry-After": "10"},
+            )  # fmt: skip
+        key = key_of(owner)
+        of_key = sum(1 for o in live if key_of(o) == key)
+        of_key += sum(n for o, n in self._starting.items() if key_of(o) == key)
+        if of_key >= self.settings.max_sessions_per_key:
+            raise ApiError(
+                429, "too_many_sessions_for_key",
+                f"this API key has {self.settings.max_sessions_per_key} live sessions across its users, the most "
+                "allowed; retry when one ends",
                 headers={"Retry-After": "10"},
             )  # fmt: skip
 
@@ -382,22 +396,24 @@ class SessionManager:
         )
         return session
 
-    def get(self, owner: str, session_id: str) -> Session:
-        """The caller's live (or dead but not yet removed) session; 404 for anything else."""
+    def get(self, owner: str | None, session_id: str) -> Session:
+        """The caller's live (or dead but not yet removed) session; 404 for anything else.
+        ``owner=None`` is an admin's look: any owner's session."""
         session = self.sessions.get(session_id)
-        if session is None or session.owner != owner:
+        if session is None or (owner is not None and session.owner != owner):
             raise not_found("session", session_id)
         return session
 
-    async def info(self, owner: str, session_id: str) -> SessionInfo:
+    async def info(self, owner: str | None, session_id: str) -> SessionInfo:
         session = self.sessions.get(session_id)
-        if session is not None and session.owner == owner:
+        if session is not None and (owner is None or session.owner == owner):
             return session.info()
         row = await self.store.get_session(session_id)
-        if row is None or row.owner != owner or row.status == "closed":
+        if row is None or (owner is not None and row.owner != owner) or row.status == "closed":
             raise not_found("session", session_id)
         return SessionInfo(
             id=row.id,
+            owner=row.owner,
             backend=row.backend,
             status=row.status,  # type: ignore[arg-type]
             reason=row.reason,
@@ -406,8 +422,9 @@ class SessionManager:
             limits=SessionLimits(**row.limits),
         )
 
-    def list(self, owner: str) -> list[SessionInfo]:
-        return [s.info() for s in self.sessions.values() if s.owner == owner]
+    def list(self, owner: str | None) -> list[SessionInfo]:
+        """The owner's live sessions; every owner's with ``owner=None`` (admins)."""
+        return [s.info() for s in self.sessions.values() if owner is None or s.owner == owner]
 
     async def restart(self, owner: str, session_id: str) -> Session:
         """A fresh kernel for the session, its files kept; also how a dead session is brought back."""
@@ -427,8 +444,10 @@ class SessionManager:
         self._write(self.store.set_session_status(session.id, "idle", None))
         return session
 
-    async def delete(self, owner: str, session_id: str) -> None:
-        await self.end(self.get(owner, session_id), "closed", "deleted by its owner")
+    async def delete(self, owner: str | None, session_id: str) -> None:
+        """End a session; ``owner=None`` lets an admin end anyone's."""
+        session = self.get(owner, session_id)
+        await self.end(session, "closed", "deleted by its owner" if owner else "deleted by an admin")
 
     async def end(self, session: Session, status: SessionStatus, reason: str) -> None:
         """Stop the worker, fail what is queued, kill the sandbox and remove its work dir."""

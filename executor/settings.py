@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, Field, field_validator, model_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -18,8 +18,29 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=1, le=65535, description="Port to listen on.")
     api_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
-        description="Comma-separated API keys. Required to listen beyond loopback.",
+        description="Comma-separated API keys of role user. Some key is required to listen beyond loopback.",
     )
+    admin_api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated API keys of role admin (tool-server config, keys, groups, audit, all sessions).",
+    )
+    forward_identity_api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated user keys that may name the end user behind them (a chat backend's key).",
+    )
+    openwebui_secret_key: SecretStr | None = Field(
+        None,
+        description="Open WebUI's WEBUI_SECRET_KEY: verifies its users' session tokens (connection auth_type "
+        "session). Once set (or the next one), unsigned X-OpenWebUI-User-Id headers are refused.",
+    )
+    openwebui_forward_jwt_secret: SecretStr | None = Field(
+        None,
+        description="Open WebUI's FORWARD_USER_INFO_HEADER_JWT_SECRET: verifies the X-OpenWebUI-User-Jwt header.",
+    )
+    key_cache_ttl_s: float = Field(
+        5, ge=0, description="Replicas on other hosts see key and group changes within this time."
+    )
+    audit_retention_days: int = Field(90, ge=1, description="Audit entries older than this are deleted.")
     data_dir: Path = Field(Path("data"), description="Where the database and session work dirs live.")
     run_dir: Path = Field(
         Path("/tmp"),
@@ -49,7 +70,10 @@ class Settings(BaseSettings):
     use_cgroups: bool = Field(True, description="Enforce memory, pids and CPU with a cgroup when possible.")
 
     max_sessions: int = Field(20, ge=1, description="Live sessions on this host, all principals.")
-    max_sessions_per_principal: int = Field(5, ge=1, description="Live sessions per API key.")
+    max_sessions_per_principal: int = Field(
+        5, ge=1, description="Live sessions per principal: a key, or one end user behind a chat backend's key."
+    )
+    max_sessions_per_key: int = Field(50, ge=1, description="Live sessions per API key, all its end users together.")
 
     default_timeout_s: float = Field(60, gt=0, description="Cell timeout when none is given.")
     max_timeout_s: float = Field(600, gt=0, description="Largest cell timeout a client may ask for.")
@@ -105,7 +129,13 @@ class Settings(BaseSettings):
         300, ge=0, description="How long a fetched OpenAPI spec is used before it is revalidated."
     )
     tool_server_rate_limit_per_principal: int = Field(
-        120, ge=0, description="Tool-server calls per minute per API key (0: unlimited)."
+        120, ge=0, description="Tool-server calls per minute per principal (a key, or one end user) (0: unlimited)."
+    )
+    tool_server_rate_limit_per_key: int = Field(
+        1200, ge=0, description="Tool-server calls per minute per API key, all its end users together (0: unlimited)."
+    )
+    tool_server_max_spec_nodes: int = Field(
+        200_000, ge=100, description="Largest OpenAPI spec, in JSON nodes, parsed or after $ref expansion."
     )
     tool_server_rate_limit_per_connection: int = Field(
         300, ge=0, description="Tool-server calls per minute per connection (0: unlimited)."
@@ -121,7 +151,7 @@ class Settings(BaseSettings):
             return [k.strip() for k in value.split(",") if k.strip()]
         return value
 
-    @field_validator("api_keys", "allowed_backends", mode="before")
+    @field_validator("api_keys", "admin_api_keys", "forward_identity_api_keys", "allowed_backends", mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):
@@ -132,6 +162,11 @@ class Settings(BaseSettings):
     def _check(self) -> Settings:
         self.data_dir = self.data_dir.expanduser().resolve()
         self.cache_dir = (self.cache_dir or self.data_dir / "cache").expanduser().resolve()
+        roles = [set(self.api_keys), set(self.admin_api_keys), set(self.forward_identity_api_keys)]
+        if (roles[0] | roles[2]) & roles[1]:
+            raise ValueError("a key is in EXECUTOR_ADMIN_API_KEYS and in EXECUTOR_API_KEYS: give each key one role")
+        if any(len(k) < 8 for r in roles for k in r):
+            raise ValueError("API keys must be at least 8 characters long")
         for name in ("timeout_s", "memory_mb", "cpus", "pids", "ttl_s"):
             if getattr(self, f"default_{name}") > getattr(self, f"max_{name}"):
                 raise ValueError(f"EXECUTOR_DEFAULT_{name.upper()} is larger than EXECUTOR_MAX_{name.upper()}")
@@ -147,5 +182,5 @@ class Settings(BaseSettings):
         return [self.backend, *(b for b in dict.fromkeys(self.allowed_backends) if b != self.backend)]
 
     @property
-    def auth_enabled(self) -> bool:
-        return bool(self.api_keys)
+    def env_keys_set(self) -> bool:
+        return bool(self.api_keys or self.admin_api_keys or self.forward_identity_api_keys)

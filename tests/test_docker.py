@@ -224,7 +224,7 @@ async def test_containers_are_labeled_with_instance_session_and_owner(
 ) -> None:
     import docker
 
-    from executor.auth import principal_id
+    from executor.access.keys import key_id
     from tests.conftest import KEY_A
 
     info = (await client.post("/api/v1/sessions", json={})).json()
@@ -232,7 +232,7 @@ async def test_containers_are_labeled_with_instance_session_and_owner(
         (container,) = docker.from_env().containers.list(filters={"label": f"executor.session={info['id']}"})
         assert container.labels[LABEL_INSTANCE] == service.instance
         assert container.labels[LABEL_SANDBOX] == info["sandbox_id"]
-        assert container.labels["executor.owner"] == principal_id(KEY_A)
+        assert container.labels["executor.owner"] == key_id(KEY_A)
     finally:
         await client.delete(f"/api/v1/sessions/{info['id']}")
 

@@ -1,11 +1,14 @@
-"""Liveness and readiness probes (outside /api, unauthenticated, nothing secret in them)."""
+"""Liveness and readiness probes (outside /api). Without a key they say only ``{status}``."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
+
+from executor.access.principal import Principal
+from executor.api.deps import optional_principal
 
 router = APIRouter(tags=["health"])
 
@@ -17,8 +20,10 @@ async def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz")
-async def readyz(request: Request) -> JSONResponse:
-    """Ready to create sessions: the backend is usable (and which jail is in force), the database answers."""
+async def readyz(request: Request, principal: Annotated[Principal | None, Depends(optional_principal)]) -> JSONResponse:
+    """Ready to create sessions: the backend is usable, the database answers. With a valid key, also which
+    jail and engine are in force and how full the host is; without one, only ``{status}`` (no versions or
+    features for strangers)."""
     state = request.app.state
     sessions = state.sessions
     default = sessions.settings.backend
@@ -41,4 +46,5 @@ async def readyz(request: Request) -> JSONResponse:
         "pooled": {name: len(pool.ready) for name, pool in sessions.pools.items()},
         "max": sessions.settings.max_sessions,
     }
-    return JSONResponse(body, status_code=200 if body["status"] == "ok" else 503)
+    code = 200 if body["status"] == "ok" else 503
+    return JSONResponse(body if principal is not None else {"status": body["status"]}, status_code=code)

@@ -12,14 +12,14 @@ from datetime import UTC, datetime
 from typing import IO, Annotated
 from urllib.parse import quote
 
-from fastapi import APIRouter, Depends, Header, Path, Request, Response
+from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from pydantic import BaseModel, Field
 
 from executor import workfiles
-from executor.auth import CurrentPrincipal
-from executor.errors import ApiError
+from executor.api.deps import CurrentPrincipal
+from executor.errors import ApiError, Forbidden
 from executor.results import ExecutionResult
 from executor.sessions import (
     Execution,
@@ -83,19 +83,27 @@ async def create_session(body: SessionCreate, principal: CurrentPrincipal, manag
 
 
 @router.get("/sessions", response_model=list[SessionInfo])
-async def list_sessions(principal: CurrentPrincipal, manager: Manager) -> list[SessionInfo]:
-    return manager.list(principal.id)
+async def list_sessions(
+    principal: CurrentPrincipal,
+    manager: Manager,
+    all: Annotated[bool, Query(description="Every principal's live sessions (admin keys only).")] = False,
+) -> list[SessionInfo]:
+    """Your live sessions (yours: this key's, or this end user's behind it)."""
+    if all and not principal.is_admin:
+        raise Forbidden("admin_required", "all=true needs an admin key", field="all")
+    return manager.list(None if all else principal.id)
 
 
 @router.get("/sessions/{session_id}", response_model=SessionInfo)
 async def get_session(session_id: SessionId, principal: CurrentPrincipal, manager: Manager) -> SessionInfo:
-    return await manager.info(principal.id, session_id)
+    """One of your sessions (admins: anyone's)."""
+    return await manager.info(None if principal.is_admin else principal.id, session_id)
 
 
 @router.delete("/sessions/{session_id}", status_code=204)
 async def delete_session(session_id: SessionId, principal: CurrentPrincipal, manager: Manager) -> Response:
-    """Kill the kernel and every process it started, and remove the work dir."""
-    await manager.delete(principal.id, session_id)
+    """Kill the kernel and every process it started, and remove the work dir. Admins may delete any session."""
+    await manager.delete(None if principal.is_admin else principal.id, session_id)
     return Response(status_code=204)
 
 

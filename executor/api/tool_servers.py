@@ -1,4 +1,4 @@
-"""OpenAPI tool servers: the connections config (Open WebUI's shape), their status, specs and calls."""
+"""OpenAPI tool servers: the connections config (Open WebUI's shape, admins only), their status, specs and calls."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Header, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from executor.auth import CurrentPrincipal
+from executor.access import identity as headers
+from executor.access.principal import Principal
+from executor.api.deps import AdminPrincipal, CurrentPrincipal
 from executor.openapi.models import Connection, unmask
 from executor.openapi.service import TOKEN_HEADER, ToolServerService
 from executor.toolresult import ToolResult
@@ -19,32 +21,40 @@ class ToolServerConnections(BaseModel):
     """Open WebUI's ``/configs/tool_servers`` body."""
 
     model_config = ConfigDict(populate_by_name=True)
-    TOOL_SERVER_CONNECTIONS: list[Connection] = Field(default_factory=list)
+    TOOL_SERVER_CONNECTIONS: list[Connection] = Field(default_factory=list, max_length=1000)
 
 
 class CallerIdentity(BaseModel):
-    id: str | None = None
-    name: str | None = None
-    email: str | None = None
-    role: str | None = None
+    model_config = ConfigDict(extra="forbid")
+    id: str | None = Field(None, max_length=128)
+    name: str | None = Field(None, max_length=256)
+    email: str | None = Field(None, max_length=256)
+    role: str | None = Field(None, max_length=32)
 
 
 class CallMetadata(BaseModel):
-    chat_id: str | None = None
-    message_id: str | None = None
-    model_id: str | None = None
+    model_config = ConfigDict(extra="forbid")
+    chat_id: str | None = Field(None, max_length=256)
+    message_id: str | None = Field(None, max_length=256)
+    model_id: str | None = Field(None, max_length=256)
 
 
 class ToolServerCall(BaseModel):
-    """Arguments of the call, and who it is for (fills header templates like ``{{USER_ID}}``)."""
+    """The arguments of the call and its context. Unknown top-level keys are refused (422 names them): an
+    argument put beside ``arguments`` instead of inside it would otherwise be dropped without a word."""
 
+    model_config = ConfigDict(extra="forbid")
     arguments: dict[str, Any] = Field(default_factory=dict)
-    user: CallerIdentity | None = None
+    user: CallerIdentity | None = Field(
+        None, description="Who the call is for (fills {{USER_*}} header templates); only from a key trusted to "
+        "forward identity, and only when the request's headers named no end user."
+    )  # fmt: skip
     metadata: CallMetadata | None = None
 
 
 def _service(request: Request) -> ToolServerService:
-    return request.app.state.tool_servers
+    service: ToolServerService = request.app.state.tool_servers
+    return service
 
 
 def _masked(service: ToolServerService) -> dict[str, Any]:
@@ -52,39 +62,67 @@ def _masked(service: ToolServerService) -> dict[str, Any]:
 
 
 @router.get("/configs/tool_servers")
-async def get_connections(request: Request, _principal: CurrentPrincipal) -> dict[str, Any]:
-    """The saved connections, keys and secret header values masked."""
+async def get_connections(request: Request, _admin: AdminPrincipal) -> dict[str, Any]:
+    """The saved connections, keys and secret header values masked (admin keys only)."""
     return _masked(_service(request))
 
 
 @router.post("/configs/tool_servers")
-async def set_connections(
-    request: Request, form: ToolServerConnections, _principal: CurrentPrincipal
-) -> dict[str, Any]:
-    """Replace the connections; a masked key sent back unchanged keeps the saved one."""
+async def set_connections(request: Request, form: ToolServerConnections, admin: AdminPrincipal) -> dict[str, Any]:
+    """Replace the connections (admin keys only). A masked secret sent back keeps the saved one only while the
+    connection's url, path, spec_type and auth_type are unchanged; otherwise 400 names the field to enter."""
     service = _service(request)
+    before = {c.info.id or str(i) for i, c in enumerate(service.connections)}
     await service.save(unmask(form.TOOL_SERVER_CONNECTIONS, service.connections))
+    after = [c.info.id or str(i) for i, c in enumerate(service.connections)]
+    request.app.state.access.audit.record(
+        "admin", "tool_servers.save", principal=admin, target="TOOL_SERVER_CONNECTIONS",
+        detail={"ids": after, "added": sorted(set(after) - before), "removed": sorted(before - set(after))},
+    )  # fmt: skip
     return _masked(service)
 
 
 @router.post("/configs/tool_servers/verify")
-async def verify_connection(request: Request, conn: Connection, _principal: CurrentPrincipal) -> dict[str, Any]:
-    """Fetch and check one connection without saving it; a 400 body names what is wrong."""
+async def verify_connection(request: Request, conn: Connection, _admin: AdminPrincipal) -> dict[str, Any]:
+    """Fetch and check one connection without saving it (admin keys only); a 400 body names what is wrong."""
     service = _service(request)
-    (conn,) = unmask([conn], service.connections)
+    (conn,) = unmask([conn], service.connections, prefix="")
     return await service.verify(conn)
 
 
 @router.get("/tool_servers")
 async def list_tool_servers(request: Request, principal: CurrentPrincipal) -> list[dict[str, Any]]:
-    """Every connection the caller may use, with its status (ok, error, disabled, unsupported)."""
+    """Every connection the caller's grants allow, with its status (ok, error, disabled, unsupported)."""
     return await _service(request).status(principal)
 
 
 @router.get("/tool_servers/{server_id}/specs")
 async def tool_server_specs(request: Request, server_id: str, principal: CurrentPrincipal) -> dict[str, Any]:
-    """The OpenAI-style function specs of one tool server."""
+    """The OpenAI-style function specs of one tool server (its function_name_filter_list applied)."""
     return await _service(request).specs(server_id, principal)
+
+
+def template_values(request: Request, principal: Principal, body: ToolServerCall) -> dict[str, str]:
+    """Values for header placeholders such as ``{{USER_ID}}``: the authenticated end user first."""
+    fields: dict[str, str | None] = {}
+    user = principal.end_user
+    if user is not None:
+        fields |= {"USER_ID": user.id, "USER_NAME": user.name, "USER_EMAIL": user.email, "USER_ROLE": user.role}
+    elif body.user is not None and principal.forward_identity:
+        fields |= {
+            "USER_ID": body.user.id,
+            "USER_NAME": body.user.name,
+            "USER_EMAIL": body.user.email,
+            "USER_ROLE": body.user.role,
+        }
+    meta = body.metadata or CallMetadata()
+    forwarded = principal.forward_identity
+    fields |= {
+        "CHAT_ID": meta.chat_id or (request.headers.get(headers.CHAT_ID) if forwarded else None),
+        "MESSAGE_ID": meta.message_id or (request.headers.get(headers.MESSAGE_ID) if forwarded else None),
+        "MODEL_ID": meta.model_id,
+    }
+    return {k: v for k, v in fields.items() if v}
 
 
 @router.post("/tool_servers/{server_id}/call/{operation_id}", response_model=ToolResult)
@@ -103,23 +141,12 @@ async def call_tool_server(
         ),
     ] = None,
 ) -> ToolResult:
-    """Call one operation with the connection's credentials."""
-    # Template values for header placeholders such as {{USER_ID}}; empty ones are left out.
-    fields: dict[str, str | None] = {}
-    if body.user:
-        fields |= {
-            "USER_ID": body.user.id,
-            "USER_NAME": body.user.name,
-            "USER_EMAIL": body.user.email,
-            "USER_ROLE": body.user.role,
-        }
-    if body.metadata:
-        fields |= {
-            "CHAT_ID": body.metadata.chat_id,
-            "MESSAGE_ID": body.metadata.message_id,
-            "MODEL_ID": body.metadata.model_id,
-        }
-    identity = {k: v for k, v in fields.items() if v}
+    """Call one operation with the connection's credentials, at ``{connection url}{operation path}``."""
     return await _service(request).call(
-        server_id, operation_id, body.arguments, principal, token=token, identity=identity
+        server_id,
+        operation_id,
+        body.arguments,
+        principal,
+        token=token,
+        identity=template_values(request, principal, body),
     )

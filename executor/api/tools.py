@@ -2,21 +2,34 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 
-from executor.auth import CurrentPrincipal
+from executor.api.deps import CurrentPrincipal
+from executor.openapi.service import ToolServerService
 
 router = APIRouter(prefix="/api/v1/tools", tags=["tools"])
 
 
 @router.get("/specs")
-async def tool_specs(request: Request, principal: CurrentPrincipal) -> list[dict[str, Any]]:
-    """Function specs of every source, namespaced so names never collide.
+async def tool_specs(
+    request: Request,
+    principal: CurrentPrincipal,
+    tool_ids: Annotated[
+        list[str] | None,
+        Query(
+            max_length=100,
+            description="Open WebUI's tool ids (server:ID, server:openapi:ID), in the order "
+            "names are given out; all usable servers if omitted.",
+        ),
+    ] = None,
+) -> list[dict[str, Any]]:
+    """Function specs of every source the caller may use, named as Open WebUI's ``get_tools`` names them.
 
-    Tool-server functions are named ``{server_id}_{operationId}`` (cut to 64 characters with a hash
-    suffix, as Open WebUI does); servers that fail are left out here and reported by
-    ``GET /api/v1/tool_servers``.
+    A function keeps its bare ``operationId``; only a name already taken by an earlier server is prefixed
+    ``{server_id}_``. Each connection's ``config.function_name_filter_list`` is honoured. Servers that fail are
+    left out here and reported by ``GET /api/v1/tool_servers``.
     """
-    return await request.app.state.tool_servers.all_functions(principal)
+    service: ToolServerService = request.app.state.tool_servers
+    return await service.all_functions(principal, tool_ids)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from string import punctuation
 from typing import Any
-from urllib.parse import quote, urlencode, urljoin
+from urllib.parse import quote, urlencode
 
 from executor.errors import ApiError
 from executor.net import EgressDenied, OutboundResponse, check_header, check_path_value
@@ -27,19 +27,6 @@ class PreparedRequest:
     url: str
     headers: dict[str, str]
     json_body: Any | None
-
-
-def base_url(connection_url: str, op: Operation) -> str:
-    """The spec's first ``servers`` URL (variables at their defaults) resolved against the connection URL."""
-    base = connection_url.rstrip("/")
-    if op.servers and isinstance(op.servers[0], dict) and op.servers[0].get("url"):
-        server = op.servers[0]
-        url = str(server["url"])
-        for name, var in (server.get("variables") or {}).items():
-            if isinstance(var, dict) and "default" in var:
-                url = url.replace("{" + name + "}", str(var["default"]))
-        base = urljoin(base + "/", url).rstrip("/")
-    return base
 
 
 def fill_template(value: str, identity: dict[str, str]) -> str:
@@ -95,7 +82,7 @@ def build_request(
     if cookies:
         out_headers["Cookie"] = "; ".join(cookies)
 
-    url = base_url(connection_url, op) + path
+    url = connection_url.rstrip("/") + path
     if query:
         url += "?" + urlencode(query)
 
@@ -122,7 +109,16 @@ def _scalar(value: Any) -> str:
     return str(value)
 
 
-def to_result(resp: OutboundResponse, started: datetime, finished: datetime) -> ToolResult:
+def embed_message(function_name: str) -> dict[str, str]:
+    """What the model reads after an inline HTML embed: Open WebUI's words exactly."""
+    return {
+        "status": "success",
+        "code": "ui_component",
+        "message": f"{function_name}: Embedded UI result is active and visible to the user.",
+    }
+
+
+def to_result(resp: OutboundResponse, started: datetime, finished: datetime, *, function_name: str) -> ToolResult:
     """Shape a tool server's response: JSON parsed, text as text, binary as an output, errors structured."""
     timing = {
         "started_at": started,
@@ -148,13 +144,9 @@ def to_result(resp: OutboundResponse, started: datetime, finished: datetime) -> 
             result = json.loads(resp.content) if resp.content else None
         except ValueError:
             result = resp.text()  # a cut or broken JSON body is still worth showing
-    elif ctype == "text/html" and disposition.lower().startswith("inline"):
+    elif ctype == "text/html" and "inline" in disposition.lower():
         outputs.append(ToolOutput(type="html", mime_type=ctype, data=resp.text()))
-        result = {
-            "status": "success",
-            "code": "ui_component",
-            "message": "Embedded UI result is active and visible to the user.",
-        }
+        result = embed_message(function_name)
     elif ctype == "image/svg+xml":
         outputs.append(ToolOutput(type="svg", mime_type=ctype, data=resp.text()))
         result = "An SVG image was returned and is shown to the user."

@@ -14,7 +14,8 @@ import copy
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from executor.openapi.refs import resolve, resolve_shallow
+from executor.openapi.document import DEFAULT_MAX_SPEC_NODES, NodeBudget
+from executor.openapi.refs import expansion_budget, resolve, resolve_shallow
 
 HTTP_METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
 # Schema keywords copied onto a parameter's property besides type, description and items.
@@ -60,39 +61,43 @@ class Operation:
     body_properties: frozenset[str] = frozenset()
     body_key: str | None = None  # the property holding a whole non-object body
     has_request_body: bool = False
-    servers: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def property_names(self) -> frozenset[str]:
         return frozenset(self.payload["parameters"]["properties"])
 
 
-def operations(spec: dict[str, Any]) -> list[Operation]:
-    """Every operation of ``spec`` that has an ``operationId``, in document order."""
+def operations(spec: dict[str, Any], *, max_nodes: int = DEFAULT_MAX_SPEC_NODES) -> list[Operation]:
+    """Every operation of ``spec`` that has an ``operationId``, in document order.
+
+    ``$ref`` expansion across all operations together may make at most ``max_nodes`` objects and arrays;
+    past that (or nested too deep) this raises ``SpecError`` (``spec_too_complex``, ``spec_too_deep``).
+    """
+    # One budget for the whole document: a schema small enough per operation can still be used by
+    # thousands of operations.
+    budget = expansion_budget(max_nodes)
     result: list[Operation] = []
     paths = spec.get("paths")
     if not isinstance(paths, dict):
         return result
-    top_servers = spec.get("servers") if isinstance(spec.get("servers"), list) else []
     for path, item in paths.items():
         if not isinstance(item, dict):
             continue
         item = resolve_shallow(item, spec)
         path_params = item.get("parameters") if isinstance(item.get("parameters"), list) else []
-        path_servers = item.get("servers") if isinstance(item.get("servers"), list) else None
         for method, op in item.items():
             if method not in HTTP_METHODS or not isinstance(op, dict) or not op.get("operationId"):
                 continue
-            op_servers = op.get("servers") if isinstance(op.get("servers"), list) else None
-            converted = _convert(spec, str(path), method, op, path_params)
-            converted.servers = op_servers or path_servers or top_servers or []
+            converted = _convert(spec, str(path), method, op, path_params, budget)
             result.append(converted)
     return result
 
 
-def convert_openapi_to_tool_payload(spec: dict[str, Any]) -> list[dict[str, Any]]:
+def convert_openapi_to_tool_payload(
+    spec: dict[str, Any], *, max_nodes: int = DEFAULT_MAX_SPEC_NODES
+) -> list[dict[str, Any]]:
     """The function specs of ``spec`` (same name and contract as Open WebUI's function)."""
-    return [op.payload for op in operations(spec)]
+    return [op.payload for op in operations(spec, max_nodes=max_nodes)]
 
 
 def _merged_params(spec: dict[str, Any], path_params: list[Any], op_params: Any) -> list[dict[str, Any]]:
@@ -105,9 +110,9 @@ def _merged_params(spec: dict[str, Any], path_params: list[Any], op_params: Any)
     return list(merged.values())
 
 
-def _param_property(spec: dict[str, Any], param: dict[str, Any]) -> dict[str, Any]:
+def _param_property(spec: dict[str, Any], param: dict[str, Any], budget: NodeBudget) -> dict[str, Any]:
     schema = param.get("schema")
-    schema = resolve(schema, spec) if isinstance(schema, dict) else {}
+    schema = resolve(schema, spec, budget=budget) if isinstance(schema, dict) else {}
     description = schema.get("description") or param.get("description") or ""
     enum = schema.get("enum")
     if enum and isinstance(enum, list):
@@ -146,7 +151,9 @@ def _object_parts(schema: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
     return properties, required
 
 
-def _convert(spec: dict[str, Any], path: str, method: str, op: dict[str, Any], path_params: list[Any]) -> Operation:
+def _convert(
+    spec: dict[str, Any], path: str, method: str, op: dict[str, Any], path_params: list[Any], budget: NodeBudget
+) -> Operation:
     parameters: dict[str, Any] = {"type": "object", "properties": {}, "required": []}
     payload: dict[str, Any] = {
         "type": "function",
@@ -160,7 +167,7 @@ def _convert(spec: dict[str, Any], path: str, method: str, op: dict[str, Any], p
     for param in _merged_params(spec, path_params, op.get("parameters")):
         name = str(param["name"])
         location = param.get("in")
-        parameters["properties"][name] = _param_property(spec, param)
+        parameters["properties"][name] = _param_property(spec, param, budget)
         if param.get("required"):
             parameters["required"].append(name)
         if location in ("path", "query", "header", "cookie"):
@@ -173,7 +180,7 @@ def _convert(spec: dict[str, Any], path: str, method: str, op: dict[str, Any], p
         media = _json_media_type(content)
         operation.body_media_type = media
         raw_schema = (content.get(media) or {}).get("schema") if media else None
-        schema = resolve(raw_schema, spec) if isinstance(raw_schema, dict) else {}
+        schema = resolve(raw_schema, spec, budget=budget) if isinstance(raw_schema, dict) else {}
         properties, required = _object_parts(schema)
         if properties:
             operation.body_mode = "properties"

@@ -11,6 +11,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from sqlalchemy import JSON, DateTime, String
 from sqlalchemy.orm import Mapped, mapped_column
 
+from executor.access.grants import AccessGrant, migrate, normalized
+from executor.errors import Invalid
 from executor.store import Base
 
 MASK = "********"
@@ -20,23 +22,28 @@ SECRET_HEADER_RE = re.compile(r"auth|token|key|secret|cookie|password|session", 
 AuthType = Literal["none", "bearer", "session", "system_oauth", "oauth_2.1", "oauth_2.1_static"]
 
 
-class AccessRule(BaseModel):
-    group_ids: list[str] = Field(default_factory=list)
-    user_ids: list[str] = Field(default_factory=list)
-
-
-class AccessControl(BaseModel):
-    """Open WebUI's shape; null on the connection means every principal may use it."""
-
-    model_config = ConfigDict(extra="allow")
-    read: AccessRule = Field(default_factory=AccessRule)
-    write: AccessRule = Field(default_factory=AccessRule)
-
-
 class ConnectionConfig(BaseModel):
+    """Open WebUI 0.12's ``config``: ``access_grants`` (none or empty: admins only), the function filter."""
+
     model_config = ConfigDict(extra="allow")
     enable: bool = True
-    access_control: AccessControl | None = None
+    access_grants: list[AccessGrant] = Field(
+        default_factory=list, max_length=1000, description="Who may list and call it; none or empty: admins only."
+    )
+    function_name_filter_list: str | list[str] = Field(
+        "", description="Open WebUI's filter: comma-separated names to offer; '!name' hides one."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy(cls, data: Any) -> Any:
+        # The older access_control dict arrives from Open WebUI exports and old env files: convert it once.
+        return migrate(data)
+
+    @field_validator("access_grants")
+    @classmethod
+    def _dedupe(cls, grants: list[AccessGrant]) -> list[AccessGrant]:
+        return normalized(grants)
 
 
 class ConnectionInfo(BaseModel):
@@ -61,7 +68,7 @@ class Connection(BaseModel):
     url: str = ""
     path: str = "openapi.json"
     spec_type: Literal["url", "json"] = "url"
-    spec: str | dict[str, Any] | None = ""
+    spec: str | dict[str, Any] | None = Field("", description="The spec itself, when spec_type is 'json'.")
     auth_type: AuthType = "bearer"
     key: str = ""
     headers: dict[str, str] | None = None
@@ -114,20 +121,50 @@ def server_id(conn: Connection, index: int) -> str:
     return conn.info.id or str(index)
 
 
-def unmask(new: list[Connection], old: list[Connection]) -> list[Connection]:
-    """Put back secrets a client echoed as the mask, from the saved connection with the same id and URL."""
-    previous = {(server_id(c, i), c.url): c for i, c in enumerate(old)}
+# A saved secret is given back for the mask only while the request it would be sent with stays the same.
+SECRET_BOUND_FIELDS = ("url", "path", "spec_type", "auth_type")
+
+
+def unmask(
+    new: list[Connection], old: list[Connection], *, prefix: str = "TOOL_SERVER_CONNECTIONS"
+) -> list[Connection]:
+    """Put back secrets a client echoed as the mask, from the saved connection with the same id.
+
+    Only when ``url``, ``path``, ``spec_type`` and ``auth_type`` are all unchanged: otherwise the mask could
+    carry a saved key to a place the admin never sent it, so :class:`Invalid` names the field to enter again.
+    """
+    previous = {server_id(c, i): c for i, c in enumerate(old)}
     out: list[Connection] = []
     for i, conn in enumerate(new):
-        prior = previous.get((server_id(conn, i), conn.url))
+        where = f"{prefix}[{i}]" if prefix else ""
+        masked_headers = [k for k, v in (conn.headers or {}).items() if v == MASK]
+        if conn.key != MASK and not masked_headers:
+            out.append(conn)
+            continue
+        prior = previous.get(server_id(conn, i))
+        first = f"{where}.key" if conn.key == MASK else f"{where}.headers.{masked_headers[0]}"
+        first = first.lstrip(".")
+        if prior is None:
+            raise Invalid("secret_required", f"{first} is the mask, but no saved connection has this id: enter it",
+                          field=first)  # fmt: skip
+        changed = [f for f in SECRET_BOUND_FIELDS if getattr(conn, f) != getattr(prior, f)]
+        if changed:
+            raise Invalid(
+                "secret_required",
+                f"{', '.join(changed)} changed, so the saved secret is not reused: enter {first} again",
+                field=first,
+            )
         update: dict[str, Any] = {}
         if conn.key == MASK:
-            update["key"] = prior.key if prior else ""
-        if conn.headers and MASK in conn.headers.values():
-            update["headers"] = {
-                k: ((prior.headers or {}).get(k, "") if prior and v == MASK else v) for k, v in conn.headers.items()
-            }
-        out.append(conn.model_copy(update=update) if update else conn)
+            update["key"] = prior.key
+        if masked_headers:
+            missing = [k for k in masked_headers if k not in (prior.headers or {})]
+            if missing:
+                field = f"{where}.headers.{missing[0]}".lstrip(".")
+                raise Invalid("secret_required", f"{field} is the mask but was never saved: enter it", field=field)
+            assert conn.headers is not None and prior.headers is not None
+            update["headers"] = {k: (prior.headers[k] if v == MASK else v) for k, v in conn.headers.items()}
+        out.append(conn.model_copy(update=update))
     return out
 
 

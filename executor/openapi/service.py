@@ -10,18 +10,23 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 from pydantic import ValidationError
 
-from executor.auth import Principal
-from executor.errors import ApiError
+from executor.access.audit import AuditLog
+from executor.access.grants import has_access
+from executor.access.principal import Principal
+from executor.errors import ApiError, Conflict, NotFound, RateLimited
 from executor.net import EgressDenied, EgressPolicy, OutboundClient, OutboundLimits, OutboundTimeout
 from executor.openapi.call import build_request, error_result, fill_template, to_result
-from executor.openapi.convert import Operation, operations
-from executor.openapi.document import SpecError, check, parse
+from executor.openapi.convert import Operation
+from executor.openapi.document import SpecError
+from executor.openapi.load import PreparedSpec, prepare_async
 from executor.openapi.models import Connection, ToolServerConfigRow, server_id
 from executor.openapi.ratelimit import RateLimiter, retry_after
+from executor.openapi.toollist import clean_spec, cut, is_allowed, unique_name
 from executor.settings import Settings
 from executor.store import Store
 from executor.toolresult import ToolResult
@@ -66,20 +71,38 @@ def _fingerprint(conn: Connection) -> str:
     return hashlib.sha256(data.encode()).hexdigest()
 
 
-def namespaced(server: str, name: str) -> str:
-    """Open WebUI's ``{server_id}_{name}``, cut to 64 characters with a hash suffix when longer."""
-    full = f"{server}_{name}"
-    if len(full) > 64:
-        full = f"{full[:55]}_{hashlib.sha256(full.encode()).hexdigest()[:8]}"
-    return full
+def origin(url: str) -> tuple[str, str, int | None]:
+    """Scheme, host and port (default ports made explicit), for "is this the same server?" checks."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    port = parts.port or {"http": 80, "https": 443}.get(scheme)
+    return scheme, (parts.hostname or "").lower(), port
+
+
+def same_origin(a: str, b: str) -> bool:
+    return bool(a) and bool(b) and origin(a) == origin(b)
+
+
+def _server_of(tool_id: str) -> str:
+    """The server id of an Open WebUI tool id, or "" when it names no OpenAPI server."""
+    parts = tool_id.split(":")
+    if parts[0] != "server" or len(parts) not in (2, 3) or (len(parts) == 3 and parts[1] != "openapi"):
+        return ""
+    return parts[-1].split("|")[0]
+
+
+def offered(conn: Connection, op: Operation) -> bool:
+    """Whether ``config.function_name_filter_list`` lets this function be offered and called."""
+    return is_allowed(op.operation_id, conn.config.function_name_filter_list)
 
 
 class ToolServerService:
     """Created once per app; ``start`` after the store's tables exist, ``close`` on shutdown."""
 
-    def __init__(self, settings: Settings, store: Store) -> None:
+    def __init__(self, settings: Settings, store: Store, audit: AuditLog) -> None:
         self.settings = settings
         self.store = store
+        self.audit = audit
         self.policy = EgressPolicy.from_entries(settings.egress_allowlist)
         self.limits = OutboundLimits(
             connect_timeout_s=settings.tool_server_connect_timeout_s,
@@ -94,7 +117,11 @@ class ToolServerService:
         self.connections: list[Connection] = []
         self._cache: dict[str, SpecEntry] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        # Parsing a large YAML spec is seconds of CPU in a worker thread: a few at a time, so a burst of
+        # verify calls cannot take every thread (and the GIL) from the rest of the service.
+        self._parsing = asyncio.Semaphore(2)
         self.principal_limiter = RateLimiter(settings.tool_server_rate_limit_per_principal)
+        self.key_limiter = RateLimiter(settings.tool_server_rate_limit_per_key)
         self.connection_limiter = RateLimiter(settings.tool_server_rate_limit_per_connection)
 
     async def start(self) -> None:
@@ -145,10 +172,8 @@ class ToolServerService:
 
     @staticmethod
     def can_read(conn: Connection, principal: Principal) -> bool:
-        acl = conn.config.access_control
-        if acl is None:
-            return True
-        return principal.id in acl.read.user_ids or principal.id in acl.write.user_ids
+        """Open WebUI's ``has_connection_access``: admins always; others by a read grant."""
+        return has_access(principal, conn.config.access_grants, "read")
 
     def visible(self, principal: Principal) -> list[tuple[str, int, Connection]]:
         return [(server_id(c, i), i, c) for i, c in enumerate(self.connections) if self.can_read(c, principal)]
@@ -157,27 +182,27 @@ class ToolServerService:
         for sid, idx, conn in self.visible(principal):
             if sid == ident and conn.type == "openapi":
                 return idx, conn
-        raise ApiError(404, "tool_server_not_found", f"tool server {ident!r} does not exist")
+        raise NotFound("tool_server_not_found", f"tool server {ident!r} does not exist")
 
     # -- specs -------------------------------------------------------------------------------------
 
     async def fetch_spec(
         self, conn: Connection, previous: SpecEntry | None = None
-    ) -> tuple[dict[str, Any] | None, str | None, str | None]:
-        """Fetch and parse ``conn``'s spec; None when the server says ours is still current (304)."""
+    ) -> tuple[str | bytes | dict[str, Any] | None, str | None, str | None]:
+        """The raw spec of ``conn`` (unparsed); None when the server says ours is still current (304)."""
         if conn.spec_type == "json":
-            spec = conn.spec if isinstance(conn.spec, dict) else parse(conn.spec or "")
-            return spec, None, None
+            return conn.spec or "", None, None
         assert self.client is not None, "ToolServerService.start() was not called"
+        url = spec_url(conn)
         headers = {"Accept": "application/json, application/yaml;q=0.9, */*;q=0.5"}
-        if conn.auth_type == "bearer" and conn.key:
+        # The key belongs to the connection's server: a spec path on another origin is fetched without it.
+        if conn.auth_type == "bearer" and conn.key and same_origin(url, conn.url):
             headers["Authorization"] = f"Bearer {conn.key}"
         if previous is not None and previous.spec is not None:
             if previous.etag:
                 headers["If-None-Match"] = previous.etag
             if previous.last_modified:
                 headers["If-Modified-Since"] = previous.last_modified
-        url = spec_url(conn)
         try:
             resp = await self.client.request("GET", url, headers=headers)
         except EgressDenied as exc:
@@ -194,7 +219,11 @@ class ToolServerService:
             raise SpecError("http_error", f"{url} answered HTTP {resp.status_code}")
         if resp.truncated:
             raise SpecError("too_large", f"the spec is larger than {self.limits.max_response_bytes} bytes")
-        return parse(resp.content), resp.headers.get("etag"), resp.headers.get("last-modified")
+        return resp.content, resp.headers.get("etag"), resp.headers.get("last-modified")
+
+    async def _prepare(self, raw: str | bytes | dict[str, Any]) -> PreparedSpec:
+        async with self._parsing:
+            return await prepare_async(raw, max_nodes=self.settings.tool_server_max_spec_nodes)
 
     async def load(self, sid: str, conn: Connection, *, force: bool = False) -> SpecEntry:
         """The cached spec when fresh; else revalidated or fetched. Never raises: errors are recorded."""
@@ -213,13 +242,13 @@ class ToolServerService:
             ):
                 return entry
             try:
-                spec, etag, modified = await self.fetch_spec(conn, entry)
-                if spec is None and entry is not None:  # 304: still current
+                raw, etag, modified = await self.fetch_spec(conn, entry)
+                if raw is None and entry is not None:  # 304: still current
                     entry.checked_at = now
                     return entry
-                assert spec is not None
-                check(spec)
-                entry = SpecEntry(fingerprint, now, spec, operations(spec), etag, modified)
+                assert raw is not None
+                prepared = await self._prepare(raw)
+                entry = SpecEntry(fingerprint, now, prepared.spec, prepared.ops, etag, modified)
             except SpecError as exc:
                 log.warning("tool server %s: spec unusable: %s (%s)", sid, exc.code, exc.message)
                 entry = SpecEntry(fingerprint, now, error=exc)
@@ -229,13 +258,14 @@ class ToolServerService:
     async def verify(self, conn: Connection) -> dict[str, Any]:
         """Fetch and check one connection without saving it; raise ApiError(400) naming the problem."""
         try:
-            spec, _, _ = await self.fetch_spec(conn)
-            assert spec is not None
-            count = check(spec)
+            raw, _, _ = await self.fetch_spec(conn)
+            assert raw is not None
+            prepared = await self._prepare(raw)
         except SpecError as exc:
             field = "spec" if conn.spec_type == "json" else "url"
             raise ApiError(400, exc.code, exc.message, field=field) from None
-        return {"ok": True, "info": spec.get("info", {}), "openapi": spec.get("openapi"), "operations": count}
+        spec = prepared.spec
+        return {"ok": True, "info": spec.get("info", {}), "openapi": spec.get("openapi"), "operations": prepared.count}
 
     async def status(self, principal: Principal) -> list[dict[str, Any]]:
         """Every visible connection with its status; one failing server does not hide the others."""
@@ -274,7 +304,7 @@ class ToolServerService:
     async def specs(self, ident: str, principal: Principal) -> dict[str, Any]:
         idx, conn = self.find(ident, principal)
         if not conn.config.enable:
-            raise ApiError(409, "tool_server_disabled", f"tool server {ident!r} is disabled")
+            raise Conflict("tool_server_disabled", f"tool server {ident!r} is disabled")
         entry = await self.load(ident, conn)
         if entry.error is not None:
             raise ApiError(502, entry.error.code, f"tool server {ident!r}: {entry.error.message}")
@@ -283,17 +313,31 @@ class ToolServerService:
             "idx": idx,
             "url": conn.url.rstrip("/"),
             "info": (entry.spec or {}).get("info") or {},
-            "specs": [op.payload for op in entry.ops],
+            "specs": [op.payload for op in entry.ops if offered(conn, op)],
         }
 
-    async def all_functions(self, principal: Principal) -> list[dict[str, Any]]:
-        """Every function of every usable server, namespaced for the unified tool list."""
+    async def all_functions(self, principal: Principal, tool_ids: list[str] | None = None) -> list[dict[str, Any]]:
+        """Every function of every usable server, named as Open WebUI's ``get_tools`` names them.
+
+        ``tool_ids`` picks servers the way Open WebUI's ``get_tools`` reads them (``server:ID``,
+        ``server:openapi:ID``; other types and unknown ids are skipped; a ``|fn,...`` suffix is parsed and, as
+        there, selects nothing), in that order, repeats included.
+        """
         out: list[dict[str, Any]] = []
         usable = [v for v in self.visible(principal) if v[2].type == "openapi" and v[2].config.enable]
+        if tool_ids is not None:
+            by_id = {v[0]: v for v in usable}
+            picked = [by_id.get(_server_of(t)) for t in tool_ids]
+            usable = [v for v in picked if v is not None]
         entries = await asyncio.gather(*(self.load(sid, conn) for sid, _, conn in usable))
-        for (sid, _, _), entry in zip(usable, entries, strict=True):
+        taken: set[str] = set()
+        for (sid, _, conn), entry in zip(usable, entries, strict=True):
             for op in entry.ops:
-                name = namespaced(sid, op.operation_id)
+                if not offered(conn, op):
+                    continue
+                full = unique_name(op.operation_id, sid, taken)
+                taken.add(full)
+                name = cut(full)
                 out.append(
                     {
                         "name": name,
@@ -301,7 +345,7 @@ class ToolServerService:
                         "server_id": sid,
                         "operation_id": op.operation_id,
                         "call": f"/api/v1/tool_servers/{sid}/call/{op.operation_id}",
-                        "spec": {**op.payload, "name": name},
+                        "spec": {**clean_spec(op.payload), "name": name},
                     }
                 )
         return out
@@ -309,23 +353,22 @@ class ToolServerService:
     # -- calls -------------------------------------------------------------------------------------
 
     def _rate_limit(self, sid: str, principal: Principal) -> None:
-        wait = self.principal_limiter.take(principal.id)
-        if wait is not None:
-            raise ApiError(
-                429,
-                "rate_limited",
-                f"too many tool-server calls for this API key; retry in {retry_after(wait)}s",
-                headers={"Retry-After": retry_after(wait)},
-            )
-        wait = self.connection_limiter.take(sid)
-        if wait is not None:
-            self.principal_limiter.refund(principal.id)
-            raise ApiError(
-                429,
-                "rate_limited",
-                f"too many calls to tool server {sid!r}; retry in {retry_after(wait)}s",
-                headers={"Retry-After": retry_after(wait)},
-            )
+        """Per principal (one end user), per key (all its users) and per connection; a refusal refunds the rest."""
+        limits = [
+            (self.principal_limiter, principal.id, "you" if principal.end_user else "this API key"),
+            (self.key_limiter, principal.key_id, "this API key, all its users together"),
+            (self.connection_limiter, sid, f"tool server {sid!r}"),
+        ]
+        for n, (limiter, bucket, who) in enumerate(limits):
+            wait = limiter.take(bucket)
+            if wait is not None:
+                for earlier, earlier_bucket, _ in limits[:n]:
+                    earlier.refund(earlier_bucket)
+                seconds = retry_after(wait)
+                raise RateLimited(
+                    "rate_limited", f"too many tool-server calls for {who}; retry in {seconds}s",
+                    retry_after_s=int(seconds),
+                )  # fmt: skip
 
     def _headers(self, conn: Connection, token: str | None, identity: dict[str, str]) -> dict[str, str]:
         headers: dict[str, str] = {"Accept": "application/json, */*;q=0.5"}
@@ -358,19 +401,25 @@ class ToolServerService:
         token: str | None = None,
         identity: dict[str, str] | None = None,
     ) -> ToolResult:
-        """Call one operation with the connection's credentials and shape the answer as a ToolResult."""
+        """Call one operation with the connection's credentials and shape the answer as a ToolResult.
+
+        The URL is always ``{connection url}{operation path}`` (Open WebUI's rule): a spec's ``servers`` are
+        ignored, so the connection's credentials never go to a host the admin did not configure.
+        """
         _, conn = self.find(ident, principal)
         if not conn.config.enable:
-            raise ApiError(409, "tool_server_disabled", f"tool server {ident!r} is disabled")
-        self._rate_limit(ident, principal)
+            raise Conflict("tool_server_disabled", f"tool server {ident!r} is disabled")
         entry = await self.load(ident, conn)
         if entry.error is not None:
             raise ApiError(502, entry.error.code, f"tool server {ident!r}: {entry.error.message}")
-        op = next((o for o in entry.ops if o.operation_id == operation_id), None)
+        op = next((o for o in entry.ops if o.operation_id == operation_id and offered(conn, o)), None)
         if op is None:
-            raise ApiError(404, "operation_not_found", f"tool server {ident!r} has no operation {operation_id!r}")
-        ident_vars = {"USER_ID": principal.id, **(identity or {})}
-        prepared = build_request(op, conn.url or spec_url(conn), arguments, self._headers(conn, token, ident_vars))
+            raise NotFound("operation_not_found", f"tool server {ident!r} has no operation {operation_id!r}")
+        if not conn.url:
+            raise Conflict("tool_server_without_url", f"tool server {ident!r} has no url to call", field="url")
+        self._rate_limit(ident, principal)
+        ident_vars = {"USER_ID": principal.user_id, **(identity or {})}
+        prepared = build_request(op, conn.url, arguments, self._headers(conn, token, ident_vars))
         assert self.client is not None, "ToolServerService.start() was not called"
         started = datetime.now(UTC)
         try:
@@ -378,10 +427,21 @@ class ToolServerService:
                 prepared.method, prepared.url, headers=prepared.headers, json=prepared.json_body
             )
         except EgressDenied as exc:
-            return error_result("EgressDenied", f"{exc.message} [rule: {exc.rule}]", started, datetime.now(UTC))
+            result = error_result("EgressDenied", f"{exc.message} [rule: {exc.rule}]", started, datetime.now(UTC))
         except OutboundTimeout as exc:
-            return error_result("Timeout", str(exc), started, datetime.now(UTC))
+            result = error_result("Timeout", str(exc), started, datetime.now(UTC))
         except httpx.HTTPError as exc:
-            return error_result("ConnectionError", f"{type(exc).__name__}: {exc}", started, datetime.now(UTC))
-        log.info("tool server %s: %s -> HTTP %d", ident, operation_id, resp.status_code)
-        return to_result(resp, started, datetime.now(UTC))
+            result = error_result("ConnectionError", f"{type(exc).__name__}: {exc}", started, datetime.now(UTC))
+        else:
+            log.info("tool server %s: %s -> HTTP %d", ident, operation_id, resp.status_code)
+            result = to_result(resp, started, datetime.now(UTC), function_name=operation_id)
+        self.audit.record(
+            "tool_call",
+            "tool_server.call",
+            principal=principal,
+            target=f"{ident}/{operation_id}"[:255],
+            status=result.http_status,
+            duration_ms=result.duration_ms,
+            detail={"result": result.status, **({"error": result.error.name} if result.error else {})},
+        )
+        return result
