@@ -38,7 +38,13 @@ class ConnectionConfig(BaseModel):
     @classmethod
     def _legacy(cls, data: Any) -> Any:
         # The older access_control dict arrives from Open WebUI exports and old env files: convert it once.
-        return migrate(data)
+        data = migrate(data)
+        if isinstance(data, dict):
+            # Open WebUI writes null for "not set" here; so do its exports.
+            data = {
+                k: v for k, v in data.items() if not (k in ("access_grants", "function_name_filter_list") and v is None)
+            }
+        return data
 
     @field_validator("access_grants")
     @classmethod
@@ -73,6 +79,12 @@ class Connection(BaseModel):
     key: str = ""
     headers: dict[str, str] | None = None
     config: ConnectionConfig = Field(default_factory=ConnectionConfig)
+
+    @field_validator("config", mode="before")
+    @classmethod
+    def _null_config(cls, value: Any) -> Any:
+        return {} if value is None else value
+
     info: ConnectionInfo = Field(default_factory=ConnectionInfo)
 
     @field_validator("url")
