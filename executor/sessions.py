@@ -472,7 +472,11 @@ class SessionManager:
         for ex in pending:
             if ex is not None and not ex.done.is_set():
                 self._finish(ex, EndEvent(status="dead", reason=f"the session ended: {reason}"), "cancelled")
-        self._write(self.store.set_session_status(session.id, status, reason))
+        # Awaited, not in the background: once DELETE answers, a GET must find the session closed, not live.
+        try:
+            await self.store.set_session_status(session.id, status, reason)
+        except Exception:
+            log.exception("could not record the end of session %s", session.id)
 
     async def _cull_loop(self) -> None:
         loop = asyncio.get_running_loop()
