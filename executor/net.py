@@ -280,8 +280,15 @@ def check_path_value(name: str, value: str) -> None:
             raise EgressDenied("path-traversal", f"path parameter {name!r} contains a '.' or '..' segment")
 
 
-def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
+def origin(url: str | httpx.URL) -> tuple[str, str, int | None]:
+    """Scheme, host and port (httpx drops default ports), for "is this the same server?" checks."""
+    url = httpx.URL(url)
     return url.scheme, url.host, url.port
+
+
+def same_origin(a: str, b: str) -> bool:
+    """Both URLs set and on one server: where a connection's credentials may go."""
+    return bool(a) and bool(b) and origin(a) == origin(b)
 
 
 class OutboundClient:
@@ -346,7 +353,7 @@ class OutboundClient:
             if len(redirects) >= lim.max_redirects:
                 raise EgressDenied("redirects", f"more than {lim.max_redirects} redirects")
             target = httpx.URL(urljoin(str(url), location))
-            if _origin(target) != _origin(url):
+            if origin(target) != origin(url):
                 headers = httpx.Headers({k: v for k, v in headers.items() if k.lower() in CROSS_ORIGIN_SAFE_HEADERS})
             if resp.status_code == 303 or (resp.status_code in (301, 302) and method == "POST"):
                 # What browsers do: the body does not follow, and neither does its type.

@@ -144,14 +144,9 @@ class Settings(BaseSettings):
         False, description="Send X-OpenWebUI-User-* headers with the caller's identity to tool servers."
     )
 
-    @field_validator("egress_allowlist", mode="before")
-    @classmethod
-    def _split_allowlist(cls, value: object) -> object:
-        if isinstance(value, str):
-            return [k.strip() for k in value.split(",") if k.strip()]
-        return value
-
-    @field_validator("api_keys", "admin_api_keys", "forward_identity_api_keys", "allowed_backends", mode="before")
+    @field_validator(
+        "api_keys", "admin_api_keys", "forward_identity_api_keys", "allowed_backends", "egress_allowlist", mode="before"
+    )
     @classmethod
     def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):
@@ -164,9 +159,15 @@ class Settings(BaseSettings):
         self.cache_dir = (self.cache_dir or self.data_dir / "cache").expanduser().resolve()
         roles = [set(self.api_keys), set(self.admin_api_keys), set(self.forward_identity_api_keys)]
         if (roles[0] | roles[2]) & roles[1]:
-            raise ValueError("a key is in EXECUTOR_ADMIN_API_KEYS and in EXECUTOR_API_KEYS: give each key one role")
+            raise ValueError(
+                "a key is in EXECUTOR_ADMIN_API_KEYS and in EXECUTOR_API_KEYS or EXECUTOR_FORWARD_IDENTITY_API_KEYS: "
+                "give each key one role"
+            )
         if any(len(k) < 8 for r in roles for k in r):
-            raise ValueError("API keys must be at least 8 characters long")
+            raise ValueError(
+                "API keys must be at least 8 characters long (make one with: python3 -c "
+                "'import secrets; print(secrets.token_urlsafe(32))', or 'executor keys create')"
+            )
         for name in ("timeout_s", "memory_mb", "cpus", "pids", "ttl_s"):
             if getattr(self, f"default_{name}") > getattr(self, f"max_{name}"):
                 raise ValueError(f"EXECUTOR_DEFAULT_{name.upper()} is larger than EXECUTOR_MAX_{name.upper()}")

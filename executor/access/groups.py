@@ -14,6 +14,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy import JSON, DateTime, String, Text, delete, select
 from sqlalchemy.orm import Mapped, mapped_column
 
+from executor.access.stamp import ChangeStamp
 from executor.errors import Conflict, Invalid, NotFound
 from executor.store import Base, Store
 
@@ -59,8 +60,9 @@ def _check(form: GroupForm) -> None:
 class GroupStore:
     """The groups; ``load`` once the tables exist."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, stamp: ChangeStamp) -> None:
         self.store = store
+        self.stamp = stamp
         self.groups: dict[str, Group] = {}
         self._members: dict[str, frozenset[str]] = {}
 
@@ -107,6 +109,7 @@ class GroupStore:
             db.add(row)
         self.groups[gid] = _model(row)
         self._index()
+        self.stamp.touch()
         return self.groups[gid]
 
     async def update(self, group_id: str, form: GroupForm) -> Group:
@@ -124,6 +127,7 @@ class GroupStore:
             row.updated_at = datetime.now(UTC)
         self.groups[group_id] = _model(row).model_copy(update={"created_at": current.created_at})
         self._index()
+        self.stamp.touch()
         return self.groups[group_id]
 
     async def delete(self, group_id: str) -> None:
@@ -132,6 +136,7 @@ class GroupStore:
             await db.execute(delete(GroupRow).where(GroupRow.id == group_id))
         del self.groups[group_id]
         self._index()
+        self.stamp.touch()
 
 
 def _model(row: GroupRow) -> Group:

@@ -8,7 +8,6 @@ memory; ``executor.access.service`` reloads it when the table changed (see there
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 import secrets
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from sqlalchemy import Boolean, DateTime, String, select
 from sqlalchemy.orm import Mapped, mapped_column
 
 from executor.access.principal import Role
+from executor.access.stamp import ChangeStamp
 from executor.errors import Conflict, Invalid, NotFound
 from executor.settings import Settings
 from executor.store import Base, Store
@@ -101,13 +101,7 @@ class KeyStore:
     def __init__(self, settings: Settings, store: Store) -> None:
         self.settings = settings
         self.store = store
-        self.stamp = settings.data_dir / "keys.stamp"
-
-    def touch(self) -> None:
-        """Tell every service process on this host that the key table changed."""
-        self.stamp.parent.mkdir(parents=True, exist_ok=True)
-        self.stamp.touch()
-        os.utime(self.stamp)
+        self.stamp = ChangeStamp(settings.data_dir / "access.stamp")
 
     async def create(self, form: KeyCreate) -> NewKey:
         if not NAME_RE.match(form.name):
@@ -129,7 +123,7 @@ class KeyStore:
                 created_at=now,
             )
             db.add(row)
-        self.touch()
+        self.stamp.touch()
         return NewKey(key=key, **_info(row).model_dump())
 
     async def list(self, *, include_revoked: bool = False) -> list[KeyInfo]:
@@ -154,7 +148,7 @@ class KeyStore:
                     )
                 raise NotFound("key_not_found", f"no live key is named {name_or_id!r}")
             row.revoked_at = datetime.now(UTC)
-        self.touch()
+        self.stamp.touch()
         return _info(row)
 
     async def active(self) -> tuple[dict[str, KnownKey], bool]:

@@ -1,9 +1,9 @@
 """Access: turns a request's credentials into a Principal, and holds the keys, groups and audit log.
 
-Keys and groups are answered from memory. Every change (the admin API here, or the ``executor keys`` CLI in
-another process) touches a stamp file in the data dir; each request costs one ``stat`` of it, and a changed
-stamp reloads both tables, so a revoked key is refused from the next request on. Replicas on other hosts
-sharing one database see changes within ``EXECUTOR_KEY_CACHE_TTL_S``.
+Keys and groups are answered from memory. Whoever writes either table (the admin API here, or the
+``executor keys`` CLI in another process) touches a stamp file in the data dir; each request costs one ``stat``
+of it, and a changed stamp reloads both tables, so a revoked key is refused from the next request on.
+Replicas on other hosts sharing one database see changes within ``EXECUTOR_KEY_CACHE_TTL_S``.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ class Access:
         self.settings = settings
         self.keys = KeyStore(settings, store)
         self.ring = KeyRing(settings, self.keys)
-        self.groups = GroupStore(store)
+        self.groups = GroupStore(store, self.keys.stamp)
         self.identity = IdentityResolver(settings)
         self.audit = AuditLog(store, retention_days=settings.audit_retention_days)
         self._stamp: int | None = None
@@ -45,28 +45,17 @@ class Access:
     async def close(self) -> None:
         await self.audit.close()
 
-    def _stamp_now(self) -> int | None:
-        try:
-            return self.keys.stamp.stat().st_mtime_ns
-        except OSError:
-            return None
-
     async def reload(self) -> None:
         async with self._lock:
-            stamp = self._stamp_now()
+            stamp = self.keys.stamp.read()
             await self.ring.load()
             await self.groups.load()
             self._stamp = stamp
             self._loaded_at = time.monotonic()
 
-    async def changed(self) -> None:
-        """After a change made here: tell other processes, and see it ourselves at once."""
-        self.keys.touch()
-        await self.reload()
-
     async def refresh(self) -> None:
         stale = time.monotonic() - self._loaded_at > self.settings.key_cache_ttl_s
-        if stale or self._stamp_now() != self._stamp:
+        if stale or self.keys.stamp.read() != self._stamp:
             await self.reload()
 
     async def key(self, presented: str | None) -> KnownKey | None:

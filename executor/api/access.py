@@ -60,7 +60,6 @@ async def list_keys(
 async def create_key(form: KeyCreate, admin: AdminPrincipal, access: AccessDep) -> NewKey:
     """Make a key. Its value is in this response only; the service keeps its hash."""
     made = await access.keys.create(form)
-    await access.changed()
     access.audit.record(
         "admin", "key.create", principal=admin, target=made.id,
         detail={"name": made.name, "role": made.role, "forward_identity": made.forward_identity},
@@ -72,7 +71,6 @@ async def create_key(form: KeyCreate, admin: AdminPrincipal, access: AccessDep) 
 async def revoke_key(name: Name, admin: AdminPrincipal, access: AccessDep) -> KeyInfo:
     """Revoke a stored key by name or id; refused from the next request on."""
     revoked = await access.keys.revoke(name)
-    await access.changed()
     access.audit.record("admin", "key.revoke", principal=admin, target=revoked.id, detail={"name": revoked.name})
     return revoked
 
@@ -89,7 +87,6 @@ async def list_groups(admin: AdminPrincipal, access: AccessDep) -> list[Group]:
 async def create_group(form: GroupForm, admin: AdminPrincipal, access: AccessDep) -> Group:
     """A group of end-user ids (give Open WebUI's group id to reuse its grants)."""
     group = await access.groups.create(form)
-    await access.changed()
     access.audit.record(
         "admin", "group.create", principal=admin, target=group.id, detail={"members": len(group.user_ids)}
     )
@@ -105,7 +102,6 @@ async def get_group(group_id: Name, admin: AdminPrincipal, access: AccessDep) ->
 async def update_group(group_id: Name, form: GroupForm, admin: AdminPrincipal, access: AccessDep) -> Group:
     """Replace a group's name, description and members."""
     group = await access.groups.update(group_id, form)
-    await access.changed()
     access.audit.record(
         "admin", "group.update", principal=admin, target=group.id, detail={"members": len(group.user_ids)}
     )
@@ -115,7 +111,6 @@ async def update_group(group_id: Name, form: GroupForm, admin: AdminPrincipal, a
 @router.delete("/groups/{group_id}", status_code=204)
 async def delete_group(group_id: Name, admin: AdminPrincipal, access: AccessDep) -> Response:
     await access.groups.delete(group_id)
-    await access.changed()
     access.audit.record("admin", "group.delete", principal=admin, target=group_id)
     return Response(status_code=204)
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Header, Request
+from fastapi import Depends, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from executor.access.principal import Principal
 from executor.access.service import Access
-from executor.errors import Forbidden
+from executor.errors import Forbidden, Unauthenticated
 
 _bearer = HTTPBearer(auto_error=False, description="An API key (EXECUTOR_API_KEYS, EXECUTOR_ADMIN_API_KEYS, or "
                      "`executor keys create`); or Open WebUI's session token when the key is in X-API-Key")  # fmt: skip
@@ -22,18 +22,24 @@ async def get_access(request: Request) -> Access:
     return access
 
 
-async def require_principal(
-    request: Request,
-    bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-    api_key: Annotated[str | None, Depends(_api_key)],
-) -> Principal:
+Bearer = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+ApiKey = Annotated[str | None, Depends(_api_key)]
+
+
+def _credentials(bearer: HTTPAuthorizationCredentials | None, api_key: str | None) -> tuple[str | None, str | None]:
+    """The key presented, and Open WebUI's session token when the key came in X-API-Key beside a bearer."""
+    token = bearer.credentials if bearer else None
+    session_token = token if api_key and token and token != api_key else None
+    return api_key or token, session_token
+
+
+async def require_principal(request: Request, bearer: Bearer, api_key: ApiKey) -> Principal:
     """Authenticate the request (401 when the key is missing, wrong or revoked, or a token is bad)."""
     access: Access = request.app.state.access
-    token = bearer.credentials if bearer else None
-    key = await access.key(api_key or token)
+    presented, session_token = _credentials(bearer, api_key)
+    key = await access.key(presented)
     if key is not None:
         request.state.key_id = key.id  # so a refusal after this point is audited against the key
-    session_token = token if api_key and token and token != api_key else None
     principal = access.principal(key, request.headers, session_token)
     request.state.principal = principal
     return principal
@@ -52,17 +58,12 @@ async def require_admin(principal: CurrentPrincipal) -> Principal:
 AdminPrincipal = Annotated[Principal, Depends(require_admin)]
 
 
-async def optional_principal(
-    request: Request,
-    authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
-    x_api_key: Annotated[str | None, Header(include_in_schema=False)] = None,
-) -> Principal | None:
-    """The principal when credentials come and are good, None otherwise (for probes that say less to strangers)."""
+async def optional_principal(request: Request, bearer: Bearer, api_key: ApiKey) -> Principal | None:
+    """The caller's key as a principal when it is good, None otherwise (for probes that say less to strangers)."""
     access: Access = request.app.state.access
-    token = authorization[7:].strip() if authorization and authorization[:7].lower() == "bearer " else None
-    await access.refresh()
-    if not access.ring.auth_enabled:
-        return access.principal(None, {}, None)
-    presented = x_api_key or token
-    key = access.ring.find(presented) if presented else None
-    return access.principal(key, {}, None) if key is not None else None
+    presented, _ = _credentials(bearer, api_key)
+    try:
+        key = await access.key(presented)
+    except Unauthenticated:
+        return None
+    return access.principal(key, {}, None)

@@ -8,9 +8,9 @@ from fastapi import APIRouter, Body, Header, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from executor.access import identity as headers
-from executor.access.principal import Principal
+from executor.access.principal import EndUser, Principal
 from executor.api.deps import AdminPrincipal, CurrentPrincipal
-from executor.openapi.models import Connection, unmask
+from executor.openapi.models import Connection, server_id, unmask
 from executor.openapi.service import TOKEN_HEADER, ToolServerService
 from executor.toolresult import ToolResult
 
@@ -72,9 +72,9 @@ async def set_connections(request: Request, form: ToolServerConnections, admin: 
     """Replace the connections (admin keys only). A masked secret sent back keeps the saved one only while the
     connection's url, path, spec_type and auth_type are unchanged; otherwise 400 names the field to enter."""
     service = _service(request)
-    before = {c.info.id or str(i) for i, c in enumerate(service.connections)}
+    before = {server_id(c, i) for i, c in enumerate(service.connections)}
     await service.save(unmask(form.TOOL_SERVER_CONNECTIONS, service.connections))
-    after = [c.info.id or str(i) for i, c in enumerate(service.connections)]
+    after = [server_id(c, i) for i, c in enumerate(service.connections)]
     request.app.state.access.audit.record(
         "admin", "tool_servers.save", principal=admin, target="TOOL_SERVER_CONNECTIONS",
         detail={"ids": after, "added": sorted(set(after) - before), "removed": sorted(before - set(after))},
@@ -105,18 +105,11 @@ async def tool_server_specs(request: Request, server_id: str, principal: Current
 def template_values(request: Request, principal: Principal, body: ToolServerCall) -> dict[str, str]:
     """Values for header placeholders such as ``{{USER_ID}}``: the authenticated end user first."""
     fields: dict[str, str | None] = {}
-    user = principal.end_user
+    forwarded = principal.forward_identity
+    user: EndUser | CallerIdentity | None = principal.end_user or (body.user if forwarded else None)
     if user is not None:
         fields |= {"USER_ID": user.id, "USER_NAME": user.name, "USER_EMAIL": user.email, "USER_ROLE": user.role}
-    elif body.user is not None and principal.forward_identity:
-        fields |= {
-            "USER_ID": body.user.id,
-            "USER_NAME": body.user.name,
-            "USER_EMAIL": body.user.email,
-            "USER_ROLE": body.user.role,
-        }
     meta = body.metadata or CallMetadata()
-    forwarded = principal.forward_identity
     fields |= {
         "CHAT_ID": meta.chat_id or (request.headers.get(headers.CHAT_ID) if forwarded else None),
         "MESSAGE_ID": meta.message_id or (request.headers.get(headers.MESSAGE_ID) if forwarded else None),

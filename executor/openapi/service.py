@@ -10,7 +10,6 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 from pydantic import ValidationError
@@ -19,7 +18,7 @@ from executor.access.audit import AuditLog
 from executor.access.grants import has_access
 from executor.access.principal import Principal
 from executor.errors import ApiError, Conflict, NotFound, RateLimited
-from executor.net import EgressDenied, EgressPolicy, OutboundClient, OutboundLimits, OutboundTimeout
+from executor.net import EgressDenied, EgressPolicy, OutboundClient, OutboundLimits, OutboundTimeout, same_origin
 from executor.openapi.call import build_request, error_result, fill_template, to_result
 from executor.openapi.convert import Operation
 from executor.openapi.document import SpecError
@@ -69,18 +68,6 @@ def spec_url(conn: Connection) -> str:
 def _fingerprint(conn: Connection) -> str:
     data = json.dumps([conn.url, conn.path, conn.spec_type, conn.spec, conn.auth_type, conn.key], default=str)
     return hashlib.sha256(data.encode()).hexdigest()
-
-
-def origin(url: str) -> tuple[str, str, int | None]:
-    """Scheme, host and port (default ports made explicit), for "is this the same server?" checks."""
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
-    port = parts.port or {"http": 80, "https": 443}.get(scheme)
-    return scheme, (parts.hostname or "").lower(), port
-
-
-def same_origin(a: str, b: str) -> bool:
-    return bool(a) and bool(b) and origin(a) == origin(b)
 
 
 def _server_of(tool_id: str) -> str:
@@ -138,6 +125,14 @@ class ToolServerService:
                 # Only field locations and messages: the input itself may hold a key.
                 problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
                 log.error("tool server connection %d ignored: %s", i, problems)
+        private = [server_id(c, i) for i, c in enumerate(self.connections) if not c.config.access_grants]
+        if private:
+            # The first thing a user key will not see: say why once, where the admin looks.
+            log.warning(
+                "tool servers %s have no config.access_grants, so only admin keys may use them; grant "
+                '[{"principal_type": "user", "principal_id": "*", "permission": "read"}] to open one to every user',
+                ", ".join(private),
+            )
 
     async def close(self) -> None:
         if self.client is not None:
