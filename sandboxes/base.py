@@ -100,6 +100,13 @@ class SandboxError(RuntimeError):
     """A sandbox could not be created or used; the message says why and, where it can, how to fix it."""
 
 
+class SandboxBusy(SandboxError):
+    """The sandbox is restarting (or already closed) and cannot take this call now; the caller may retry."""
+
+
+SandboxState = Literal["starting", "idle", "busy", "restarting", "dead", "closed"]
+
+
 @runtime_checkable
 class Sandbox(Protocol):
     """One isolated kernel with its own work dir. Not shared between sessions, never recycled."""
@@ -107,6 +114,18 @@ class Sandbox(Protocol):
     id: str
     workdir: Path
     jail: str
+
+    @property
+    def state(self) -> SandboxState:
+        """Where the kernel is in its life: starting, idle, busy, restarting, dead, closed."""
+
+    @property
+    def ref(self) -> str | None:
+        """The backend's own name for what runs the kernel (a container id), for operators; None if none."""
+
+    @property
+    def file_owner(self) -> int | None:
+        """The uid that must own files the service puts in the work dir (None: leave as is)."""
 
     async def start(self) -> None:
         """Start the kernel and return once it answers and its output channel is live."""
@@ -129,6 +148,10 @@ class Sandbox(Protocol):
     @property
     def exit_reason(self) -> str | None:
         """Why the kernel ended, once it has."""
+
+    async def kill(self, reason: str) -> None:
+        """Kill the kernel now (a cell that ignores interrupts); the sandbox is ``dead`` with ``reason``.
+        Its work dir stays until ``close``."""
 
     async def close(self) -> None:
         """Kill the kernel and every process it started, and remove its work dir. Idempotent."""

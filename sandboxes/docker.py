@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sandboxes.base import EndEvent, Event, Limits, SandboxError
+from sandboxes.base import EndEvent, Event, Limits, SandboxError, SandboxState
 from sandboxes.kernel import KernelDriver, kernel_command, write_connection_files
 
 log = logging.getLogger(__name__)
@@ -399,6 +399,16 @@ class DockerSandbox:
         return self.container is not None and self._exit_code is None and not self._closed
 
     @property
+    def state(self) -> SandboxState:
+        if self._closed:
+            return "closed"
+        return "idle" if self.alive else ("starting" if self.container is None else "dead")
+
+    @property
+    def ref(self) -> str | None:
+        return None if self.container is None else str(self.container.id)
+
+    @property
     def exit_reason(self) -> str | None:
         if self._exit_code is None:
             return "the sandbox was closed" if self._closed else None
@@ -436,7 +446,7 @@ class DockerSandbox:
         if self.driver is not None and self.alive:
             await self.driver.interrupt()
 
-    async def kill(self) -> None:
+    async def kill(self, reason: str = "killed") -> None:
         """Kill the container by ID (never only a client process: the container would live on)."""
         if self.container is not None and self._exit_code is None:
             with contextlib.suppress(Exception):

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sandboxes.base import EndEvent, Event, Limits, SandboxError, instance_id
+from sandboxes.base import EndEvent, Event, Limits, SandboxError, SandboxState, instance_id
 from sandboxes.cgroups import Cgroup, CgroupManager
 from sandboxes.kernel import KernelDriver, kernel_command, write_connection_files
 
@@ -472,6 +472,19 @@ class LocalSandbox:
     @property
     def alive(self) -> bool:
         return self.proc is not None and self.proc.returncode is None and not self._closed
+
+    @property
+    def state(self) -> SandboxState:
+        if self._closed:
+            return "closed"
+        return "idle" if self.alive else ("starting" if self.proc is None else "dead")
+
+    @property
+    def ref(self) -> str | None:
+        return None
+
+    async def kill(self, reason: str) -> None:
+        await self._kill()
 
     @property
     def exit_reason(self) -> str | None:
