@@ -48,6 +48,18 @@ class Conflict(DomainError):
     """The thing exists but is in the wrong state, or the name is taken (HTTP 409)."""
 
 
+class TooLarge(DomainError):
+    """The request or what it would produce is over a stated limit (HTTP 413)."""
+
+
+class BadGateway(DomainError):
+    """A remote server the service called failed or answered something unusable (HTTP 502)."""
+
+
+class Unavailable(DomainError):
+    """The service cannot do this right now (a backend is down, a sandbox failed to start) (HTTP 503)."""
+
+
 class RateLimited(DomainError):
     """Too many requests; ``retry_after_s`` says when to come back (HTTP 429)."""
 
@@ -62,7 +74,10 @@ STATUS: dict[type[DomainError], int] = {
     Forbidden: 403,
     NotFound: 404,
     Conflict: 409,
+    TooLarge: 413,
     RateLimited: 429,
+    BadGateway: 502,
+    Unavailable: 503,
 }
 
 

@@ -6,7 +6,7 @@ Events are a typed, transport-free view of the kernel's iopub messages; the serv
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
@@ -166,8 +166,18 @@ class Backend(Protocol):
     def describe(self) -> dict[str, Any]:
         """What /readyz shows: the isolation really in force."""
 
-    async def start(self) -> dict[str, int]:
-        """Prepare; remove orphans of an earlier run. Returns what was removed."""
+    async def start(self, keep: Collection[str] = ()) -> dict[str, int]:
+        """Prepare; remove orphans of an earlier run. Returns what was removed.
+
+        Processes and containers of an earlier run are always killed; the work dirs of the sandbox ids in
+        ``keep`` stay (readable at ``workdir_of(id)``) until ``discard(id)``: the files of sessions that were
+        live when the service died."""
+
+    def workdir_of(self, sandbox_id: str) -> Path | None:
+        """The kept work dir of a sandbox of an earlier run, or None."""
+
+    async def discard(self, sandbox_id: str) -> None:
+        """Remove a kept work dir. Idempotent."""
 
     async def reap(self) -> dict[str, int]:
         """Remove what no live sandbox owns (periodically)."""

@@ -23,7 +23,7 @@ import asyncio
 import secrets
 import shutil
 import tempfile
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Collection, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -211,9 +211,22 @@ class FakeBackend:
     def describe(self) -> dict[str, Any]:
         return {"backend": self.name, "live_sandboxes": len(self.live)}
 
-    async def start(self) -> dict[str, int]:
+    async def start(self, keep: Collection[str] = ()) -> dict[str, int]:
         self.root.mkdir(parents=True, exist_ok=True)
-        return {}
+        removed = 0
+        for entry in list(self.root.iterdir()):
+            if entry.name not in keep:
+                await asyncio.to_thread(shutil.rmtree, entry, True)
+                removed += 1
+        return {"dirs": removed}
+
+    def workdir_of(self, sandbox_id: str) -> Path | None:
+        path = self.root / sandbox_id / "work"
+        return path if sandbox_id not in self.live and path.is_dir() else None
+
+    async def discard(self, sandbox_id: str) -> None:
+        if sandbox_id not in self.live:
+            await asyncio.to_thread(shutil.rmtree, self.root / sandbox_id, True)
 
     async def reap(self) -> dict[str, int]:
         return {}
