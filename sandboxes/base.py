@@ -79,12 +79,14 @@ class EndEvent:
     """Always the last event of ``execute``.
 
     ``timeout``: the wall time ran out and the kernel was interrupted (``kernel_alive`` says whether it
-    survived); ``dead``: the kernel process ended during the cell, ``reason`` says how.
+    survived); ``dead``: the kernel process ended during the cell, ``reason`` says how. ``stray``: outputs of
+    threads that earlier cells started, seen during this cell and dropped (they belong to those cells).
     """
 
     status: EndStatus
     reason: str | None = None
     kernel_alive: bool = True
+    stray: int = 0
     type: Literal["end"] = "end"
 
 

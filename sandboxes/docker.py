@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import logging
 import math
 import os
@@ -20,13 +19,16 @@ import shutil
 import signal
 import threading
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Collection, Coroutine, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sandboxes.base import EndEvent, Event, Limits, SandboxError, SandboxState
-from sandboxes.kernel import KernelDriver, kernel_command, write_connection_files
+import zmq.asyncio
+
+from sandboxes.base import Limits, SandboxError
+from sandboxes.kernel import DEFAULT_MAX_MESSAGE_BYTES, KernelPaths, KernelSandbox, kernel_command, kernel_context
+from sandboxes.mounts import mount_tmpfs, unmount, unmount_under
 
 log = logging.getLogger(__name__)
 
@@ -36,10 +38,6 @@ SANDBOX_UID = 10001
 IN_RUN = "/run/kernel"
 IN_WORK = "/work"
 IN_PYTHON = "/opt/venv/bin/python"
-
-_libc = ctypes.CDLL(None, use_errno=True)
-_MS_NOSUID, _MS_NODEV = 2, 4
-_MNT_DETACH = 2
 
 
 @dataclass(frozen=True)
@@ -54,37 +52,17 @@ class DockerConfig:
     work_dir_size_mb: int = 256
     tmp_size_mb: int = 64
     start_timeout_s: float = 30.0
-
-
-def _mount_tmpfs(target: Path, size_mb: int, uid: int) -> str | None:
-    """Mount a size-capped tmpfs owned by ``uid``; returns why not, or None on success."""
-    opts = f"size={size_mb}m,uid={uid},gid={uid},mode=0700".encode()
-    rc = _libc.mount(b"tmpfs", str(target).encode(), b"tmpfs", _MS_NOSUID | _MS_NODEV, opts)
-    if rc != 0:
-        return os.strerror(ctypes.get_errno())
-    return None
-
-
-def _unmount_under(root: Path) -> int:
-    """Detach every mount below ``root`` (work dirs of sandboxes that were not cleaned up)."""
-    prefix = str(root) + "/"
-    count = 0
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/self/mountinfo").read_text().splitlines():
-            point = line.split()[4].replace("\\040", " ")
-            if point.startswith(prefix):
-                if _libc.umount2(point.encode(), _MNT_DETACH) == 0:
-                    count += 1
-    return count
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
 
 
 class DockerBackend:
-    """Creates DockerSandboxes; owns the client, the die/oom event watcher and the reaper."""
+    """Creates container sandboxes; owns the client, the die/oom event watcher, the reaper and the ZMQ context."""
 
     name = "docker"
 
     def __init__(self, config: DockerConfig) -> None:
         import docker
+        import docker.errors
 
         self.config = config
         self.instance = config.instance
@@ -97,15 +75,19 @@ class DockerBackend:
             self.version = self.client.version()
         except Exception as exc:
             raise SandboxError(
-                f"the Docker engine is not reachable ({type(exc).__name__}): start dockerd (scripts/docker-engine "
-                "does it on Debian), or point DOCKER_HOST at an engine"
+                f"the Docker engine is not reachable ({type(exc).__name__}: {exc}): start dockerd "
+                "(scripts/docker-engine does it on Debian), or point DOCKER_HOST at an engine"
             ) from None
         try:
             self.client.images.get(config.image)
-        except Exception:
+        except docker.errors.ImageNotFound:
             raise SandboxError(
                 f"the sandbox image {config.image!r} is not on this engine: build it with images/build "
                 "(or set EXECUTOR_DOCKER_IMAGE)"
+            ) from None
+        except Exception as exc:
+            raise SandboxError(
+                f"could not look up the sandbox image {config.image!r} ({type(exc).__name__}: {exc})"
             ) from None
         info = self.client.info()
         self.security = [str(o) for o in info.get("SecurityOptions", [])]
@@ -114,7 +96,9 @@ class DockerBackend:
             raise SandboxError(f"the engine has no runtime {config.runtime!r} (it has {', '.join(self.runtimes)})")
         self.can_mount = os.geteuid() == 0
         self.mount_error = "the service does not run as root"
-        self._live: dict[str, DockerSandbox] = {}
+        self.context: zmq.asyncio.Context | None = None
+        self._live: dict[str, ContainerProcess] = {}
+        self._kept: set[str] = set()
         self._teardowns: set[asyncio.Task[None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._events: Any = None
@@ -143,15 +127,17 @@ class DockerBackend:
 
     # -- lifecycle -------------------------------------------------------------------------------------
 
-    async def start(self) -> dict[str, int]:
-        return await asyncio.to_thread(self.prepare, asyncio.get_running_loop())
+    async def start(self, keep: Collection[str] = ()) -> dict[str, int]:
+        self.context = kernel_context(self.config.max_message_bytes)
+        return await asyncio.to_thread(self.prepare, asyncio.get_running_loop(), keep)
 
     async def reap(self) -> dict[str, int]:
         return await asyncio.to_thread(self.reap_orphans)
 
-    def prepare(self, loop: asyncio.AbstractEventLoop) -> dict[str, int]:
+    def prepare(self, loop: asyncio.AbstractEventLoop, keep: Collection[str] = ()) -> dict[str, int]:
         """Start watching container deaths, then remove what an earlier run left."""
         self._loop = loop
+        self._kept = {k for k in keep if (self.root / k / "work").is_dir()}
         self._watcher = threading.Thread(target=self._watch, name="docker-events", daemon=True)
         self._watcher.start()
         reaped = self.reap_orphans()
@@ -176,70 +162,135 @@ class DockerBackend:
                 self._reconcile()
                 for event in self._events:
                     attrs = event.get("Actor", {}).get("Attributes", {})
-                    sandbox = self._live.get(attrs.get(LABEL_SANDBOX, ""))
-                    if sandbox is not None:
-                        self._notify(sandbox, event.get("id"), event.get("status"), attrs.get("exitCode"))
+                    process = self._live.get(attrs.get(LABEL_SANDBOX, ""))
+                    if process is not None:
+                        self._seen(process, event.get("id"), event.get("status"), attrs.get("exitCode"))
             except Exception:
-                log.warning("docker event stream lost; subscribing again", exc_info=True)
+                if not self._stopping:
+                    log.warning("docker event stream lost; subscribing again", exc_info=True)
             if not self._stopping:
                 time.sleep(1)
 
+    def _seen(self, process: ContainerProcess, container_id: str | None, status: str | None, code: str | None) -> None:
+        # On this thread, not the loop: a 137 without an oom event may still be an OOM kill, and asking the
+        # engine blocks.
+        oom = status == "oom"
+        if status == "die" and code == "137" and not process.oom:
+            oom = self._oom_killed(container_id)
+        self._notify(process, container_id, "oom" if oom else None, None)
+        if status == "die":
+            self._notify(process, container_id, "die", code)
+
+    def _oom_killed(self, container_id: str | None) -> bool:
+        if container_id is None:
+            return False
+        try:
+            attrs = self.client.api.inspect_container(container_id)
+        except Exception as exc:
+            log.info("could not inspect container %s after its death: %s", container_id[:12], exc)
+            return False
+        return bool(attrs.get("State", {}).get("OOMKilled"))
+
     def _reconcile(self) -> None:
-        for sandbox in list(self._live.values()):
-            container = sandbox.container
+        for process in list(self._live.values()):
+            container = process.container
             if container is None:
                 continue
             try:
-                container.reload()
-                state = container.attrs["State"]
-            except Exception:
+                state = self.client.api.inspect_container(container.id)["State"]
+            except Exception as exc:
+                log.info("container %s of sandbox %s is gone: %s", container.id[:12], process.id, exc)
                 state = {"Running": False, "ExitCode": -1}
             if not state.get("Running", False):
                 if state.get("OOMKilled"):
-                    self._notify(sandbox, container.id, "oom", None)
-                self._notify(sandbox, container.id, "die", str(state.get("ExitCode", -1)))
+                    self._notify(process, container.id, "oom", None)
+                self._notify(process, container.id, "die", str(state.get("ExitCode", -1)))
 
-    def _notify(self, sandbox: DockerSandbox, container_id: str | None, status: str | None, code: str | None) -> None:
-        if self._loop is not None and not self._loop.is_closed():
-            self._loop.call_soon_threadsafe(sandbox._on_event, container_id, status, code)
+    def _notify(
+        self, process: ContainerProcess, container_id: str | None, status: str | None, code: str | None
+    ) -> None:
+        if status is not None and self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(process.on_event, container_id, status, code)
 
     def reap_orphans(self) -> dict[str, int]:
-        """Remove containers of this instance that no live sandbox owns, and their dirs and mounts."""
+        """Remove containers of this instance that no live sandbox owns, and their dirs and mounts (the work
+        dirs of kept sandboxes stay)."""
         removed = 0
         for c in self.client.containers.list(all=True, filters={"label": f"{LABEL_INSTANCE}={self.instance}"}):
             if c.labels.get(LABEL_SANDBOX) not in self._live:
-                with contextlib.suppress(Exception):
+                try:
                     c.remove(force=True)
                     removed += 1
+                except Exception as exc:
+                    log.warning("could not remove orphan container %s: %s", c.id[:12], exc)
         dirs = 0
         keep = set(self._live)
         for base in (self.root, self.run_root):
             if base.is_dir():
                 for entry in base.iterdir():
-                    if entry.name not in keep:
-                        _unmount_under(entry)
-                        shutil.rmtree(entry, ignore_errors=True)
-                        dirs += 1
+                    if entry.name in keep or (base == self.root and entry.name in self._kept):
+                        continue
+                    unmount_under(entry)
+                    shutil.rmtree(entry, ignore_errors=True)
+                    dirs += 1
         return {"containers": removed, "dirs": dirs}
+
+    def workdir_of(self, sandbox_id: str) -> Path | None:
+        path = self.root / sandbox_id / "work"
+        return path if sandbox_id in self._kept and path.is_dir() else None
+
+    async def discard(self, sandbox_id: str) -> None:
+        if sandbox_id in self._kept:
+            self._kept.discard(sandbox_id)
+            await asyncio.to_thread(_remove_tree, self.root / sandbox_id)
 
     async def stop(self) -> None:
         """Remove every container of this instance (waits for pending teardowns)."""
-        for sandbox in list(self._live.values()):
-            await sandbox.close()
+        for process in list(self._live.values()):
+            if process.sandbox is not None:
+                await process.sandbox.close()
         if self._teardowns:
             await asyncio.gather(*self._teardowns, return_exceptions=True)
+        self._kept.clear()
         await asyncio.to_thread(self.reap_orphans)
         self._stopping = True
         if self._events is not None:
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(Exception):  # closing a stream that already ended raises; nothing to do
                 self._events.close()
         shutil.rmtree(self.run_root, ignore_errors=True)
+        if self.context is not None:
+            self.context.destroy(linger=0)
+            self.context = None
+
+    def _track(self, sandbox: KernelSandbox, teardown: Coroutine[Any, Any, None]) -> None:
+        async def run() -> None:
+            try:
+                await teardown
+            except Exception:
+                log.warning("sandbox %s: teardown failed", sandbox.id, exc_info=True)
+            finally:
+                self._live.pop(sandbox.id, None)
+
+        task = asyncio.create_task(run())
+        self._teardowns.add(task)
+        task.add_done_callback(self._teardowns.discard)
 
     async def create(
         self, limits: Limits, env: Mapping[str, str] | None = None, labels: Mapping[str, str] | None = None
-    ) -> DockerSandbox:
-        sandbox = DockerSandbox(self, secrets.token_hex(6), limits, dict(env or {}), dict(labels or {}))
-        self._live[sandbox.id] = sandbox
+    ) -> KernelSandbox:
+        sandbox_id = secrets.token_hex(6)
+        process = ContainerProcess(self, sandbox_id, limits, dict(env or {}), dict(labels or {}))
+        sandbox = KernelSandbox(
+            sandbox_id,
+            limits,
+            process,
+            start_timeout_s=self.config.start_timeout_s,
+            context=self.context,
+            max_message_bytes=self.config.max_message_bytes,
+            on_closed=self._track,
+        )
+        process.sandbox = sandbox
+        self._live[sandbox_id] = process
         try:
             await sandbox.start()
         except BaseException:
@@ -248,8 +299,13 @@ class DockerBackend:
         return sandbox
 
 
-class DockerSandbox:
-    """One container running one kernel."""
+def _remove_tree(path: Path) -> None:
+    unmount_under(path)
+    shutil.rmtree(path, ignore_errors=True)
+
+
+class ContainerProcess:
+    """The provisioner of one container running one kernel."""
 
     jail = "docker"
 
@@ -266,67 +322,54 @@ class DockerSandbox:
         self.labels = labels or {}
         self.limits = limits
         self.env = env
-        self.dir = backend.root / sandbox_id
-        self.workdir = self.dir / "work"
-        self.rundir = backend.run_root / sandbox_id
+        d = backend.root / sandbox_id
+        self.paths = KernelPaths(dir=d, rundir=backend.run_root / sandbox_id, workdir=d / "work")
+        self.sandbox: KernelSandbox | None = None
         self.container: Any = None
-        self.driver: KernelDriver | None = None
-        self._exit_code: int | None = None
-        self._oom = False
-        self._closed = False
+        self.exit_code: int | None = None
+        self.oom = False
         self._mounted = False
+        self._died = asyncio.Event()
+
+    @property
+    def kernel_ip(self) -> str | None:
+        return f"{IN_RUN}/k"
 
     @property
     def file_owner(self) -> int | None:
         return SANDBOX_UID if os.geteuid() == 0 else None
 
-    async def start(self) -> None:
+    @property
+    def ref(self) -> str | None:
+        return None if self.container is None else str(self.container.id)
+
+    async def prepare(self) -> None:
         await asyncio.to_thread(self._prepare_dirs)
-        await self._launch()
-
-    async def restart(self) -> None:
-        """A fresh container and kernel on the same work dir (a host tmpfs): state is gone, files stay."""
-        if self._closed:
-            raise SandboxError("the sandbox is closed")
-        if self.driver is not None:
-            self.driver.stop_channels()
-        old = self.container
-        self.container = None
-        if old is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.to_thread(old.remove, force=True)
-        self._exit_code = None
-        self._oom = False
-        with contextlib.suppress(FileNotFoundError):
-            (self.rundir / "kernel.json").unlink()
-        await self._launch()
-
-    async def _launch(self) -> None:
-        info = write_connection_files(
-            self.dir / "connection.json", self.rundir, kernel_ip=f"{IN_RUN}/k", owner=self.file_owner
-        )
-        self.container = await asyncio.to_thread(self._run_container)
-        self.driver = KernelDriver(info, is_alive=lambda: self.alive, exit_reason=lambda: self.exit_reason)
-        self.driver.start_channels()
-        await self.driver.wait_ready(self.backend.config.start_timeout_s)
 
     def _prepare_dirs(self) -> None:
-        self.dir.mkdir(mode=0o700)
-        self.workdir.mkdir(mode=0o700)
-        self.rundir.mkdir(mode=0o700)
+        b = self.backend
+        self.paths.dir.mkdir(mode=0o700)
+        self.paths.workdir.mkdir(mode=0o700)
+        self.paths.rundir.mkdir(mode=0o700)
         owner = self.file_owner
-        if self.backend.can_mount:
-            why = _mount_tmpfs(self.workdir, self.backend.config.work_dir_size_mb, SANDBOX_UID)
+        if b.can_mount:
+            why = mount_tmpfs(self.paths.workdir, b.config.work_dir_size_mb, SANDBOX_UID)
             if why is None:
                 self._mounted = True
             else:
                 # Typically a service inside a container without CAP_SYS_ADMIN: stop trying, and say so.
                 log.warning("work dir tmpfs not mounted (%s): work dir sizes are not capped", why)
-                self.backend.can_mount = False
-                self.backend.mount_error = why
+                b.can_mount = False
+                b.mount_error = why
         if owner is not None:
-            os.chown(self.workdir, owner, owner)
-            os.chown(self.rundir, owner, owner)
+            os.chown(self.paths.workdir, owner, owner)
+            os.chown(self.paths.rundir, owner, owner)
+
+    async def launch(self) -> None:
+        self.exit_code = None
+        self.oom = False
+        self._died.clear()
+        self.container = await asyncio.to_thread(self._run_container)
 
     def _run_container(self) -> Any:
         from docker.types import LogConfig, Mount, Ulimit
@@ -354,7 +397,7 @@ class DockerSandbox:
         return self.backend.client.containers.run(
             cfg.image,
             kernel_command(IN_PYTHON, f"{IN_RUN}/kernel.json", "sandbox_runtime"),
-            name=f"executor-{self.backend.instance}-{self.id}",
+            name=f"executor-{self.backend.instance}-{self.id}-{secrets.token_hex(2)}",
             detach=True,
             labels={**self.labels, LABEL_INSTANCE: self.backend.instance, LABEL_SANDBOX: self.id},
             network_mode="none",
@@ -364,8 +407,8 @@ class DockerSandbox:
             read_only=True,
             tmpfs={"/tmp": f"rw,nosuid,nodev,noexec,size={cfg.tmp_size_mb}m"},
             mounts=[
-                Mount(IN_WORK, str(self.workdir), type="bind"),
-                Mount(IN_RUN, str(self.rundir), type="bind"),
+                Mount(IN_WORK, str(self.paths.workdir), type="bind"),
+                Mount(IN_RUN, str(self.paths.rundir), type="bind"),
             ],
             working_dir=IN_WORK,
             mem_limit=f"{lim.memory_mb}m",
@@ -383,98 +426,65 @@ class DockerSandbox:
             runtime=cfg.runtime,
         )
 
-    def _on_event(self, container_id: str | None, status: str | None, exit_code: str | None) -> None:
+    def on_event(self, container_id: str | None, status: str | None, exit_code: str | None) -> None:
         # After a restart the old container's death still arrives: only the current one counts.
         if self.container is None or container_id != self.container.id:
             return
         if status == "oom":
-            self._oom = True
+            self.oom = True
         elif status == "die":
-            self._exit_code = int(exit_code) if exit_code and exit_code.lstrip("-").isdigit() else -1
+            self.exit_code = int(exit_code) if exit_code and exit_code.lstrip("-").isdigit() else -1
+            self._died.set()
 
-    # -- protocol ---------------------------------------------------------------------------------------
+    def poll(self) -> int | None:
+        return self.exit_code
 
-    @property
-    def alive(self) -> bool:
-        return self.container is not None and self._exit_code is None and not self._closed
+    async def settle(self) -> None:
+        # The die event may trail the socket going quiet; give the reason a moment to arrive.
+        if self.exit_code is None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._died.wait(), 1.0)
 
-    @property
-    def state(self) -> SandboxState:
-        if self._closed:
-            return "closed"
-        return "idle" if self.alive else ("starting" if self.container is None else "dead")
-
-    @property
-    def ref(self) -> str | None:
-        return None if self.container is None else str(self.container.id)
-
-    @property
     def exit_reason(self) -> str | None:
-        if self._exit_code is None:
-            return "the sandbox was closed" if self._closed else None
-        if self._oom or (self._exit_code == 137 and self._oom_killed()):
+        if self.exit_code is None:
+            return None
+        if self.oom:
             return f"the kernel ran out of memory (limit {self.limits.memory_mb} MiB) and was killed"
-        if self._exit_code > 128:
+        if self.exit_code > 128:
             with contextlib.suppress(ValueError):
-                return f"the kernel was killed by {signal.Signals(self._exit_code - 128).name}"
-        return f"the kernel exited with status {self._exit_code}"
+                return f"the kernel was killed by {signal.Signals(self.exit_code - 128).name}"
+        return f"the kernel exited with status {self.exit_code}"
 
-    def _oom_killed(self) -> bool:
-        with contextlib.suppress(Exception):
-            self.container.reload()
-            return bool(self.container.attrs["State"].get("OOMKilled"))
-        return False
+    def diagnostics(self) -> str:
+        return ""
 
-    async def execute(self, code: str, *, timeout: float, silent: bool = False) -> AsyncIterator[Event]:
-        if self.driver is None or not self.alive:
-            reason = self.exit_reason or "the kernel is not running"
-            yield EndEvent(status="dead", reason=reason, kernel_alive=False)
-            return
-        async for event in self.driver.execute(code, timeout=timeout, silent=silent):
-            if isinstance(event, EndEvent) and not event.kernel_alive and self.alive:
-                await self.kill()
-            if isinstance(event, EndEvent) and event.status == "dead":
-                # The die event may trail the socket going quiet; give the reason a moment to arrive.
-                for _ in range(20):
-                    if self._exit_code is not None:
-                        break
-                    await asyncio.sleep(0.05)
-                event = EndEvent(status="dead", reason=self.exit_reason or event.reason, kernel_alive=False)
-            yield event
-
-    async def interrupt(self) -> None:
-        if self.driver is not None and self.alive:
-            await self.driver.interrupt()
-
-    async def kill(self, reason: str = "killed") -> None:
+    async def kill(self) -> None:
         """Kill the container by ID (never only a client process: the container would live on)."""
-        if self.container is not None and self._exit_code is None:
-            with contextlib.suppress(Exception):
-                await asyncio.to_thread(self.container.kill)
-            for _ in range(40):
-                if self._exit_code is not None:
-                    break
-                await asyncio.sleep(0.05)
-            if self._exit_code is None:
-                self._exit_code = 137
-
-    async def close(self) -> None:
-        """Stop talking to the kernel now; remove the container, mount and dirs in the background."""
-        if self._closed:
+        if self.container is None or self.exit_code is not None:
             return
-        self._closed = True
-        if self.driver is not None:
-            self.driver.stop_channels()
-        task = asyncio.create_task(asyncio.to_thread(self._teardown))
-        self.backend._teardowns.add(task)
-        task.add_done_callback(self.backend._teardowns.discard)
+        try:
+            await asyncio.to_thread(self.container.kill)
+        except Exception as exc:
+            log.info("kill of container %s: %s", self.container.id[:12], exc)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._died.wait(), 2.0)
+        if self.exit_code is None:
+            self.exit_code = 137
+            self._died.set()
 
-    def _teardown(self) -> None:
-        if self.container is not None:
-            with contextlib.suppress(Exception):
-                self.container.remove(force=True)
+    async def cleanup(self, *, restart: bool) -> None:
+        old, self.container = self.container, None
+        await asyncio.to_thread(self._release, old, restart)
+
+    def _release(self, container: Any, restart: bool) -> None:
+        if container is not None:
+            try:
+                container.remove(force=True)
+            except Exception as exc:
+                log.warning("could not remove container %s: %s", container.id[:12], exc)
+        if restart:
+            return
         if self._mounted:
-            _libc.umount2(str(self.workdir).encode(), _MNT_DETACH)
-        shutil.rmtree(self.rundir, ignore_errors=True)
-        shutil.rmtree(self.dir, ignore_errors=True)
-        self.backend._live.pop(self.id, None)
+            unmount(self.paths.workdir)
+        shutil.rmtree(self.paths.rundir, ignore_errors=True)
+        shutil.rmtree(self.paths.dir, ignore_errors=True)

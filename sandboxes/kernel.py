@@ -1,21 +1,33 @@
-"""Jupyter-protocol driver on jupyter-client's async client, shared by every kernel backend.
+"""The kernel layer every kernel backend shares: a Jupyter-protocol driver and ``KernelSandbox``.
 
-The backend owns the kernel process (how it is jailed, how it dies); this module only speaks the protocol:
-readiness, execute with a wall-time limit, iopub -> Events, interrupt over the control channel.
+``KernelDriver`` speaks the protocol on jupyter-client's async client: readiness, execute with a wall-time limit,
+iopub -> Events, interrupt over the control channel. ``KernelSandbox`` owns one kernel's life (state machine,
+connection files, launch, restart, kill on death, exit reason) on top of a ``Provisioner``, which only runs the
+kernel process (a bwrap jail, a container, a remote kernel), in the spirit of jupyter_client's provisioners.
+
+Everything a kernel sends is untrusted: code in the sandbox holds the kernel's key and can write to its sockets.
+One ZMQ frame is capped at the receiving socket (``MAXMSGSIZE``); a larger one ends the cell and the kernel.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import logging
 import os
 import queue
-from collections.abc import AsyncIterator, Callable
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Coroutine
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, cast
 
-from jupyter_client.asynchronous import AsyncKernelClient
-from jupyter_client.connect import write_connection_file
+import zmq
+import zmq.asyncio
+from jupyter_client.asynchronous.client import AsyncKernelClient
+from jupyter_client.connect import KernelConnectionInfo, write_connection_file
+from zmq.utils.monitor import parse_monitor_message
 
 from sandboxes.base import (
     ClearEvent,
@@ -23,16 +35,33 @@ from sandboxes.base import (
     EndEvent,
     ErrorEvent,
     Event,
+    Limits,
     ResultEvent,
+    SandboxBusy,
     SandboxError,
+    SandboxState,
     StatusEvent,
     StreamEvent,
 )
+
+log = logging.getLogger(__name__)
 
 # How often a waiting execute re-checks that the kernel process is still alive.
 _LIVENESS_POLL_S = 0.25
 # How long the readiness probe waits for an iopub message before asking again.
 _READY_PROBE_S = 0.05
+# Message ids of earlier cells remembered per kernel, to count (and drop) what their threads still print.
+_PAST_CELLS = 64
+DEFAULT_MAX_MESSAGE_BYTES = 32 << 20
+# How often an interrupted cell that has not stopped is interrupted again, until the grace ends.
+_REINTERRUPT_S = 0.5
+
+
+def kernel_context(max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> zmq.asyncio.Context:
+    """One ZMQ context (one I/O thread) for every kernel of a backend; each new socket gets the frame cap."""
+    ctx = zmq.asyncio.Context()
+    ctx.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
+    return ctx
 
 
 def write_connection_files(
@@ -44,9 +73,10 @@ def write_connection_files(
     inside its jail or container) when given. Returns the service's connection info.
     """
     _, info = write_connection_file(fname=str(host_file), transport="ipc", ip=str(run_dir / "k"))
-    kernel_info = dict(info)
-    if isinstance(kernel_info.get("key"), bytes):
-        kernel_info["key"] = kernel_info["key"].decode()
+    kernel_info: dict[str, Any] = dict(info)
+    key = kernel_info.get("key")
+    if isinstance(key, bytes):
+        kernel_info["key"] = key.decode()
     if kernel_ip is not None:
         kernel_info["ip"] = kernel_ip
     path = run_dir / "kernel.json"
@@ -55,7 +85,7 @@ def write_connection_files(
         json.dump(kernel_info, f)
     if owner is not None:
         os.chown(path, owner, owner)
-    return info
+    return dict(info)
 
 
 def kernel_command(python: str, connection_file: str, runtime_package: str) -> list[str]:
@@ -71,7 +101,11 @@ def kernel_command(python: str, connection_file: str, runtime_package: str) -> l
         "--HistoryManager.enabled=False",
         "--IPKernelApp.quiet=True",
         f"--IPKernelApp.exec_lines=['__import__(\"{runtime_package}\").setup()']",
+        f"--IPKernelApp.extensions=['{runtime_package}.slicing']",
     ]
+
+
+_OUTPUT_TYPES = frozenset({"stream", "display_data", "update_display_data", "execute_result", "error", "clear_output"})
 
 
 def message_to_event(msg: dict[str, Any]) -> Event | None:
@@ -79,8 +113,7 @@ def message_to_event(msg: dict[str, Any]) -> Event | None:
     kind = msg["msg_type"]
     content = msg["content"]
     if kind == "stream":
-        name = "stderr" if content.get("name") == "stderr" else "stdout"
-        return StreamEvent(name=name, text=content.get("text", ""))
+        return StreamEvent(name="stderr" if content.get("name") == "stderr" else "stdout", text=content.get("text", ""))
     if kind in ("display_data", "update_display_data"):
         transient = content.get("transient") or {}
         return DisplayEvent(
@@ -124,44 +157,88 @@ class KernelDriver:
         is_alive: Callable[[], bool],
         exit_reason: Callable[[], str | None],
         interrupt_grace_s: float = 5.0,
+        context: zmq.asyncio.Context | None = None,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     ) -> None:
-        self.client = AsyncKernelClient()
-        self.client.load_connection_info(connection_info)
+        self._own_context = context is None
+        self.client = AsyncKernelClient(context=context or kernel_context(max_message_bytes))
+        self.client.load_connection_info(cast(KernelConnectionInfo, connection_info))
         self._is_alive = is_alive
         self._exit_reason = exit_reason
         self.interrupt_grace_s = interrupt_grace_s
+        self.max_message_bytes = max_message_bytes
+        self._monitor: zmq.asyncio.Socket | None = None
+        self._past: deque[str] = deque(maxlen=_PAST_CELLS)
+        self.oversized = False
 
     def start_channels(self) -> None:
         # No heartbeat channel: liveness comes from the process itself, which is both cheaper and exact.
         self.client.start_channels(shell=True, iopub=True, stdin=False, hb=False, control=True)
+        # A frame over MAXMSGSIZE makes libzmq drop the connection (and reconnect): the only sign is this event.
+        self._monitor = self.client.iopub_channel.socket.get_monitor_socket(zmq.EVENT_DISCONNECTED)
 
     def stop_channels(self) -> None:
+        if self._monitor is not None:
+            with contextlib.suppress(zmq.ZMQError):
+                self.client.iopub_channel.socket.disable_monitor()
+            self._monitor.close(linger=0)
+            self._monitor = None
         if self.client.channels_running:
             self.client.stop_channels()
-        self.client.context.destroy(linger=0)
+        if self._own_context:
+            self.client.context.destroy(linger=0)
+
+    async def _still_alive_after_disconnect(self) -> bool:
+        """A dying kernel drops its connection too: only one that lives on sent something too large."""
+        for _ in range(20):
+            if not self._is_alive():
+                self.oversized = False
+                return False
+            await asyncio.sleep(0.05)
+        return True
+
+    async def _disconnected(self) -> bool:
+        """True once the kernel's iopub connection was dropped (a frame over the cap)."""
+        if self._monitor is None:
+            return False
+        while await self._monitor.poll(timeout=0):
+            event = parse_monitor_message(await self._monitor.recv_multipart())
+            if event["event"] == zmq.EVENT_DISCONNECTED:
+                self.oversized = True
+        return self.oversized
 
     def _dead_message(self) -> str:
         return self._exit_reason() or "the kernel process ended"
 
     async def wait_ready(self, timeout: float) -> None:
-        """Return once the kernel answers and iopub delivers.
+        """Return once the kernel has run its start-up code (the runtime's hardening) and iopub delivers.
 
-        jupyter-client's ``wait_for_ready`` always adds an idle wait of ~0.2 s; seeing any iopub message
-        (the busy/idle around our kernel_info request) proves the subscription is live, which is all we need.
+        ipykernel answers ``kernel_info`` only after ``exec_lines``, so the reply proves the filter is in force
+        (a kernel whose hardening failed exits instead, and is never handed out); seeing any iopub message
+        proves the subscription is live. jupyter-client's ``wait_for_ready`` adds an idle wait we skip.
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
+        sent: set[str] = set()
+        iopub_live = False
         while True:
             if not self._is_alive():
                 raise SandboxError(f"kernel exited while starting: {self._dead_message()}")
             if loop.time() >= deadline:
                 raise SandboxError(f"kernel did not answer within {timeout:g} s")
-            self.client.kernel_info()
+            if not iopub_live:
+                sent.add(self.client.kernel_info())
+                try:
+                    await self.client.get_iopub_msg(timeout=_READY_PROBE_S)
+                    iopub_live = True
+                except queue.Empty:
+                    continue
             try:
-                await self.client.get_iopub_msg(timeout=_READY_PROBE_S)
-                return
+                reply = await self.client.get_shell_msg(timeout=_READY_PROBE_S)
             except queue.Empty:
                 continue
+            if reply["parent_header"].get("msg_id") in sent:
+                return
 
     async def interrupt(self) -> None:
         """Send ``interrupt_request`` on the control channel.
@@ -184,10 +261,27 @@ class KernelDriver:
         )
         deadline = loop.time() + timeout
         interrupted = False
+        next_interrupt = 0.0
         saw_error = False
+        stray = 0
+        past = set(self._past)
+        self._past.append(msg_id)
         while True:
             if not self._is_alive():
-                yield EndEvent(status="dead", reason=self._dead_message(), kernel_alive=False)
+                yield EndEvent(status="dead", reason=self._dead_message(), kernel_alive=False, stray=stray)
+                return
+            if await self._disconnected() and await self._still_alive_after_disconnect():
+                limit = self.max_message_bytes >> 20
+                yield ErrorEvent(
+                    name="OutputLimitExceeded",
+                    value=f"the kernel sent a message part larger than {limit} MiB; the kernel was stopped",
+                )
+                yield EndEvent(
+                    status="dead",
+                    reason=f"the kernel sent a message part larger than {limit} MiB",
+                    kernel_alive=False,
+                    stray=stray,
+                )
                 return
             remaining = deadline - loop.time()
             if remaining <= 0:
@@ -196,17 +290,28 @@ class KernelDriver:
                         status="timeout",
                         reason=f"the cell ran past {timeout:g} s and did not stop when interrupted",
                         kernel_alive=False,
+                        stray=stray,
                     )
                     return
                 interrupted = True
                 await self.interrupt()
                 deadline = loop.time() + self.interrupt_grace_s
+                next_interrupt = loop.time() + _REINTERRUPT_S
                 continue
+            if interrupted and loop.time() >= next_interrupt:
+                # A kernel that has just started can lose the first interrupt (ipykernel ignores SIGINT until
+                # its handlers are in place): ask again while the grace lasts.
+                await self.interrupt()
+                next_interrupt = loop.time() + _REINTERRUPT_S
             try:
                 msg = await self.client.get_iopub_msg(timeout=min(remaining, _LIVENESS_POLL_S))
             except queue.Empty:
                 continue
-            if msg["parent_header"].get("msg_id") != msg_id:
+            parent = msg["parent_header"].get("msg_id")
+            if parent != msg_id:
+                # Output of a thread an earlier cell started, routed to that cell by the runtime: not ours.
+                if parent in past and msg["msg_type"] in _OUTPUT_TYPES:
+                    stray += 1
                 continue
             event = message_to_event(msg)
             if event is None:
@@ -218,9 +323,9 @@ class KernelDriver:
                 break
         await self._drain_reply(msg_id)
         if interrupted:
-            yield EndEvent(status="timeout", reason=f"the cell ran past {timeout:g} s and was interrupted")
+            yield EndEvent(status="timeout", reason=f"the cell ran past {timeout:g} s and was interrupted", stray=stray)
         else:
-            yield EndEvent(status="error" if saw_error else "ok")
+            yield EndEvent(status="error" if saw_error else "ok", stray=stray)
 
     async def _drain_reply(self, msg_id: str) -> None:
         # The reply is sent before idle, on another socket; read it so the shell queue never grows.
@@ -232,3 +337,253 @@ class KernelDriver:
                 return
             if reply["parent_header"].get("msg_id") == msg_id:
                 return
+
+
+@dataclass(frozen=True, slots=True)
+class KernelPaths:
+    """Where one sandbox's files are: ``dir`` is private to the service (connection file, etc files);
+    ``rundir`` holds the ipc sockets and the kernel's connection file; ``workdir`` is the user's files."""
+
+    dir: Path
+    rundir: Path
+    workdir: Path
+
+
+class Provisioner(Protocol):
+    """Runs one kernel process and nothing else: no Jupyter protocol here.
+
+    ``KernelSandbox`` calls ``prepare`` once, then ``launch`` / ``kill`` / ``cleanup(restart=True)`` for each
+    kernel, then ``kill`` and ``cleanup(restart=False)`` once at the end. A new backend (a remote kernel) needs
+    only a new provisioner.
+    """
+
+    paths: KernelPaths
+    jail: str
+
+    @property
+    def kernel_ip(self) -> str | None:
+        """The ipc socket prefix as the kernel sees it (inside its jail), or None for the host path."""
+
+    @property
+    def file_owner(self) -> int | None:
+        """The uid that must own the kernel's connection file and the files put in the work dir."""
+
+    @property
+    def ref(self) -> str | None:
+        """The backend's name for the running process (a container id), for operators."""
+
+    async def prepare(self) -> None:
+        """Create what lives as long as the sandbox: dirs, the work dir's tmpfs, a uid."""
+
+    async def launch(self) -> None:
+        """Start the kernel process; ``rundir/kernel.json`` is already written."""
+
+    def poll(self) -> int | None:
+        """The exit status once the process has ended, else None. Cheap and non-blocking."""
+
+    async def settle(self) -> None:
+        """After the kernel's sockets went quiet: wait briefly for the process's end to be known."""
+
+    def exit_reason(self) -> str | None:
+        """Why the process ended (out of memory, a signal, a status), once it has. Non-blocking."""
+
+    def diagnostics(self) -> str:
+        """What the process said before it died (a stderr tail), for start-up errors."""
+
+    async def kill(self) -> None:
+        """Kill the kernel and everything it started, and wait until it is gone."""
+
+    async def cleanup(self, *, restart: bool) -> None:
+        """Release what one launch held (cgroup, container); with ``restart=False`` also the dirs."""
+
+
+class KernelSandbox:
+    """One kernel with its work dir, on any provisioner. Implements the Sandbox protocol.
+
+    States: ``starting -> idle <-> busy``, ``idle -> restarting -> idle``, any -> ``dead`` (the process ended or
+    was killed), any -> ``closed``. A lock serialises start, restart and close, so two restarts never race on
+    the connection file or the cgroup; execute or restart while restarting raises SandboxBusy.
+    """
+
+    def __init__(
+        self,
+        sandbox_id: str,
+        limits: Limits,
+        provisioner: Provisioner,
+        *,
+        start_timeout_s: float,
+        context: zmq.asyncio.Context | None = None,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        on_closed: Callable[[KernelSandbox, Coroutine[Any, Any, None]], None] | None = None,
+    ) -> None:
+        self.id = sandbox_id
+        self.limits = limits
+        self.provisioner = provisioner
+        self.jail = provisioner.jail
+        self.workdir = provisioner.paths.workdir
+        self.start_timeout_s = start_timeout_s
+        self._context = context
+        self._max_message_bytes = max_message_bytes
+        self._on_closed = on_closed
+        self.driver: KernelDriver | None = None
+        self._state: SandboxState = "starting"
+        self._reason: str | None = None
+        self._lock = asyncio.Lock()
+
+    # -- what the service reads ---------------------------------------------------------------------------
+
+    @property
+    def state(self) -> SandboxState:
+        if self._state in ("idle", "busy") and self.provisioner.poll() is not None:
+            return "dead"
+        return self._state
+
+    @property
+    def alive(self) -> bool:
+        return self._state in ("starting", "idle", "busy") and self.provisioner.poll() is None
+
+    @property
+    def exit_reason(self) -> str | None:
+        if self._reason is not None:
+            return self._reason
+        if self._state == "closed":
+            return "the sandbox was closed"
+        if self.provisioner.poll() is None:
+            return None
+        return self.provisioner.exit_reason()
+
+    @property
+    def ref(self) -> str | None:
+        return self.provisioner.ref
+
+    @property
+    def file_owner(self) -> int | None:
+        return self.provisioner.file_owner
+
+    # -- life -----------------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        async with self._lock:
+            if self._state != "starting":
+                raise SandboxError(f"the sandbox is {self._state}, not starting")
+            await self.provisioner.prepare()
+            await self._launch()
+            self._state = "idle"
+
+    async def _launch(self) -> None:
+        p = self.provisioner
+        info = write_connection_files(
+            p.paths.dir / "connection.json", p.paths.rundir, kernel_ip=p.kernel_ip, owner=p.file_owner
+        )
+        await p.launch()
+        self.driver = KernelDriver(
+            info,
+            is_alive=lambda: self.provisioner.poll() is None,
+            exit_reason=lambda: self.provisioner.exit_reason(),
+            context=self._context,
+            max_message_bytes=self._max_message_bytes,
+        )
+        self.driver.start_channels()
+        try:
+            await self.driver.wait_ready(self.start_timeout_s)
+        except SandboxError as exc:
+            await asyncio.sleep(0.05)  # let the process's last words arrive
+            tail = p.diagnostics()
+            raise SandboxError(f"{exc}{': ' + tail if tail else ''}") from None
+
+    async def restart(self) -> None:
+        """A fresh kernel in the same sandbox: state is gone, the work dir stays. Also revives a dead one."""
+        if self._state == "closed":
+            raise SandboxError("the sandbox is closed")
+        if self._lock.locked() or self._state == "restarting":
+            raise SandboxBusy("the kernel is already starting or restarting")
+        async with self._lock:
+            if self._state == "busy":
+                raise SandboxBusy("a cell is running; interrupt it first")
+            self._state = "restarting"
+            try:
+                self._stop_driver()
+                await self.provisioner.kill()
+                await self.provisioner.cleanup(restart=True)
+                with contextlib.suppress(FileNotFoundError):
+                    (self.provisioner.paths.rundir / "kernel.json").unlink()
+                self._reason = None
+                await self._launch()
+            except BaseException as exc:
+                if self._state == "restarting":
+                    self._state = "dead"
+                    self._reason = f"restart failed: {exc}"
+                with contextlib.suppress(Exception):
+                    await self.provisioner.kill()
+                raise
+            if self._state == "restarting":
+                self._state = "idle"
+
+    async def execute(self, code: str, *, timeout: float, silent: bool = False) -> AsyncIterator[Event]:
+        """Run a cell: the Events, ending with one EndEvent. Raises SandboxBusy while restarting or busy."""
+        if self._state in ("starting", "restarting", "busy"):
+            raise SandboxBusy(f"the kernel is {self._state}")
+        if self.driver is None or not self.alive:
+            reason = self.exit_reason or "the kernel is not running"
+            yield EndEvent(status="dead", reason=reason, kernel_alive=False)
+            return
+        self._state = "busy"
+        try:
+            async for event in self.driver.execute(code, timeout=timeout, silent=silent):
+                if isinstance(event, EndEvent):
+                    event = await self._on_end(event)
+                    # Before the last yield: a caller that stops iterating at the end never resumes us.
+                    if self._state == "busy":
+                        self._state = "idle" if self.alive else "dead"
+                yield event
+        finally:
+            if self._state == "busy":
+                self._state = "idle" if self.alive else "dead"
+
+    async def _on_end(self, end: EndEvent) -> EndEvent:
+        if not end.kernel_alive and self.provisioner.poll() is None:
+            # It would not stop (a timeout past the interrupt grace, an oversized message): kill it.
+            await self.provisioner.kill()
+            self._reason = self._reason or end.reason
+        if end.status == "dead":
+            await self.provisioner.settle()
+            reason = self._reason or self.provisioner.exit_reason() or end.reason
+            self._state = "dead"
+            return EndEvent(status="dead", reason=reason, kernel_alive=False, stray=end.stray)
+        if not end.kernel_alive:
+            self._state = "dead"
+        return end
+
+    async def interrupt(self) -> None:
+        if self.driver is not None and self.alive:
+            await self.driver.interrupt()
+
+    async def kill(self, reason: str) -> None:
+        """Kill the kernel now; the sandbox is dead with ``reason`` until restarted or closed."""
+        if self._state == "closed":
+            return
+        self._reason = reason
+        self._state = "dead"
+        await self.provisioner.kill()
+
+    async def close(self) -> None:
+        """Kill the kernel; release the rest in the background when the backend tracks teardowns. Idempotent."""
+        if self._state == "closed":
+            return
+        self._state = "closed"
+        self._stop_driver()
+        async with self._lock:
+            try:
+                await self.provisioner.kill()
+            except Exception:
+                log.warning("sandbox %s: kill at close failed", self.id, exc_info=True)
+            teardown = self.provisioner.cleanup(restart=False)
+            if self._on_closed is not None:
+                self._on_closed(self, teardown)
+            else:
+                await teardown
+
+    def _stop_driver(self) -> None:
+        if self.driver is not None:
+            self.driver.stop_channels()
+            self.driver = None

@@ -7,33 +7,43 @@ Jail modes, chosen once at start-up (``LocalBackend.jail``):
                  the command: the kernel gets a per-session uid from a reserved range with no capabilities,
                  an empty bounding set and no_new_privs. Memory, pids and CPU come from a per-session cgroup.
 ``bwrap-userns`` service runs unprivileged: plain unprivileged bwrap with every namespace incl. the user one.
-                 No cgroup; rlimits only (RLIMIT_NPROC counts all of the service user's processes).
+                 No cgroup; rlimits only. RLIMIT_NPROC bounds the sandbox's processes: since Linux 5.14 it is
+                 counted per user namespace, and each sandbox has its own.
 ``none``         bwrap is missing and the admin opted in with EXECUTOR_ALLOW_UNJAILED=true: a plain kernel
                  (still under a dropped uid when root). Development only; never chosen silently.
+
+Limits are applied by a chain of small exec'd programs, not by Python between fork and exec (``preexec_fn`` in a
+threaded process can deadlock): ``setpriv --pdeathsig`` (die with the service), ``sh`` joining the cgroup, then
+``prlimit`` (core, file size, open files, and processes and address space where no cgroup bounds them).
+The work dir is a size-capped tmpfs when the service may mount (root), as in the Docker backend.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
+import fcntl
 import logging
 import math
 import os
-import resource
+import platform
+import random
 import secrets
 import shutil
 import signal
 import stat
 import sys
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Collection, Coroutine, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sandboxes.base import EndEvent, Event, Limits, SandboxError, SandboxState, instance_id
+import zmq.asyncio
+
+from sandboxes.base import Limits, SandboxError, instance_id
 from sandboxes.cgroups import Cgroup, CgroupManager
-from sandboxes.kernel import KernelDriver, kernel_command, write_connection_files
+from sandboxes.kernel import DEFAULT_MAX_MESSAGE_BYTES, KernelPaths, KernelSandbox, kernel_command, kernel_context
+from sandboxes.mounts import mount_tmpfs, unmount, unmount_under
 
 log = logging.getLogger(__name__)
 
@@ -46,10 +56,8 @@ JAIL_VENV = "/opt/executor/venv"
 JAIL_LIB = "/opt/executor/lib"
 JAIL_CACHE = "/opt/executor/cache"
 
-# Loaded before any fork: importing or dlopen-ing in a forked child of a threaded process can deadlock.
-_libc = ctypes.CDLL(None, use_errno=True)
-_PR_SET_PDEATHSIG = 1
-
+# Joins the cgroups named by its arguments, then execs the rest: the sandbox starts inside them.
+_JOIN_CGROUPS = 'n=$1; shift; while [ "$n" -gt 0 ]; do echo $$ >"$1" || exit 71; shift; n=$((n-1)); done; exec "$@"'
 # Marks every process a sandbox starts, so orphans of a crashed service can be found and killed.
 MARKER_ENV = "EXECUTOR_SANDBOX"
 
@@ -66,6 +74,10 @@ class LocalConfig:
     uid_count: int = 1000
     use_cgroups: bool = True
     start_timeout_s: float = 30.0
+    work_dir_size_mb: int = 256
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    # Host-wide: every instance on the host takes its uids here, so two instances never share one.
+    uid_lock_dir: Path | None = None
 
 
 def _python_layout() -> tuple[Path, Path | None]:
@@ -84,6 +96,60 @@ def _dirs_for(path: str) -> list[str]:
     return args
 
 
+def _userns_counts_nproc() -> bool:
+    """RLIMIT_NPROC is counted per user namespace since Linux 5.14 (ucounts)."""
+    try:
+        major, minor = (int(x) for x in platform.release().split(".")[:2])
+    except ValueError:
+        return False
+    return (major, minor) >= (5, 14)
+
+
+class UidPool:
+    """Sandbox uids from a reserved range, held with ``flock`` on one file per uid in a host-wide dir.
+
+    A lock lives as long as its open file: a crashed service's uids free themselves, and another instance on
+    the same host (another data dir) never gets a uid in use.
+    """
+
+    def __init__(self, lock_dir: Path, base: int, count: int) -> None:
+        self.lock_dir = lock_dir
+        self.base = base
+        self.count = count
+        self._held: dict[int, int] = {}
+
+    def prepare(self) -> None:
+        self.lock_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        st = os.lstat(self.lock_dir)
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
+            raise SandboxError(f"{self.lock_dir} is not a directory only the service may write; remove it")
+
+    def take(self) -> int:
+        start = random.randrange(self.count)
+        for i in range(self.count):
+            uid = self.base + (start + i) % self.count
+            if uid in self._held:
+                continue
+            fd = os.open(self.lock_dir / str(uid), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                continue
+            self._held[uid] = fd
+            return uid
+        raise SandboxError("no free sandbox uid left on this host; raise EXECUTOR_SANDBOX_UID_COUNT")
+
+    def give(self, uid: int) -> None:
+        fd = self._held.pop(uid, None)
+        if fd is not None:
+            os.close(fd)
+
+    def close(self) -> None:
+        for uid in list(self._held):
+            self.give(uid)
+
+
 def _system_binds() -> list[str]:
     args = ["--ro-bind", "/usr", "/usr"]
     for top in ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):
@@ -96,7 +162,7 @@ def _system_binds() -> list[str]:
 
 
 class LocalBackend:
-    """Creates LocalSandboxes; owns what they share (uid range, cgroup parent, jail mode, orphans)."""
+    """Creates jailed local kernels; owns what they share (uids, cgroup parent, jail mode, ZMQ context)."""
 
     name = "local"
 
@@ -109,6 +175,8 @@ class LocalBackend:
         self.is_root = os.geteuid() == 0
         self.bwrap = shutil.which("bwrap")
         self.setpriv = shutil.which("setpriv")
+        self.prlimit = shutil.which("prlimit")
+        self.sh = shutil.which("sh") or "/bin/sh"
         if self.bwrap and (self.setpriv or not self.is_root):
             self.jail = "bwrap" if self.is_root else "bwrap-userns"
         elif config.allow_unjailed:
@@ -120,11 +188,26 @@ class LocalBackend:
                 "(Debian/Ubuntu: apt-get install bubblewrap; Fedora: dnf install bubblewrap), "
                 "or set EXECUTOR_ALLOW_UNJAILED=true to run kernels without a jail (development only)."
             )
+        if not self.prlimit and self.jail != "none":
+            raise SandboxError(
+                "prlimit (util-linux) is not installed, so sandbox limits cannot be set; install util-linux"
+            )
+        if self.jail == "bwrap-userns" and not _userns_counts_nproc():
+            raise SandboxError(
+                f"Linux {platform.release()} counts RLIMIT_NPROC across all of the service user's processes, so "
+                "an unprivileged service cannot bound a sandbox's processes: run the service as root (or in "
+                "Docker with EXECUTOR_BACKEND=docker), or use Linux 5.14 or newer"
+            )
         self.cgroups = CgroupManager(self.instance, enabled=config.use_cgroups)
-        self._uids_free = list(range(config.uid_base, config.uid_base + config.uid_count))
-        self._uids_used: set[int] = set()
+        self.uids = UidPool(config.uid_lock_dir or config.run_dir / "executor-uids", config.uid_base, config.uid_count)
         self.python_base, self.venv = _python_layout()
         self.cache_dir = config.cache_dir or config.data_dir / "cache"
+        self.can_mount = self.is_root
+        self.mount_error = "the service does not run as root"
+        self.context: zmq.asyncio.Context | None = None
+        self._live: dict[str, KernelSandbox] = {}
+        self._kept: set[str] = set()
+        self._teardowns: set[asyncio.Task[None]] = set()
         self._check_layout()
 
     def _check_layout(self) -> None:
@@ -136,16 +219,30 @@ class LocalBackend:
 
     def describe(self) -> dict[str, Any]:
         """What /readyz shows: the jail in force and which limits are really enforced."""
+        if self.cgroups.available:
+            pids = f"cgroup ({self.cgroups.reason})"
+        elif self.jail == "bwrap-userns":
+            pids = "RLIMIT_NPROC per user namespace"
+        else:
+            pids = "RLIMIT_NPROC per sandbox uid" if self.is_root else "RLIMIT_NPROC (shared with the service user)"
         return {
             "backend": self.name,
             "jail": self.jail,
             "uid_isolation": self.is_root,
             "cgroups": self.cgroups.reason if self.cgroups.available else f"off ({self.cgroups.reason})",
+            "pids": pids,
             "network": "none" if self.jail != "none" else "host (unjailed!)",
+            "work_dir": (
+                f"tmpfs {self.config.work_dir_size_mb} MiB"
+                if self.can_mount
+                else f"host dir, total size not capped ({self.mount_error}); each file is capped by RLIMIT_FSIZE"
+            ),
+            "live_sandboxes": len(self._live),
         }
 
-    def prepare(self) -> dict[str, int]:
+    def prepare(self, keep: Collection[str] = ()) -> dict[str, int]:
         """Create the dirs, remove orphans of a previous run, warm the matplotlib font cache."""
+        self._kept = {k for k in keep if (self.root / k / "work").is_dir()}
         reaped = self.reap_orphans()
         self.root.mkdir(parents=True, exist_ok=True)
         os.chmod(self.root, 0o711)
@@ -154,6 +251,8 @@ class LocalBackend:
         if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
             raise SandboxError(f"{self.run_root} is not a directory owned by the service; remove it")
         os.chmod(self.run_root, 0o711)
+        if self.is_root:
+            self.uids.prepare()
         self._warm_font_cache()
         return reaped
 
@@ -167,20 +266,23 @@ class LocalBackend:
         import subprocess
 
         env = {**os.environ, "MPLCONFIGDIR": str(target)}
-        subprocess.run(
+        done = subprocess.run(
             [sys.executable, "-c", "import matplotlib.font_manager"],
             env=env,
             check=False,
             capture_output=True,
             timeout=120,
         )
+        if done.returncode != 0:
+            log.warning("could not build the matplotlib font cache: %s", done.stderr.decode(errors="replace")[-500:])
         os.chmod(self.cache_dir, 0o755)
         os.chmod(target, 0o755)
         for f in target.iterdir():
             os.chmod(f, 0o644)
 
     def reap_orphans(self) -> dict[str, int]:
-        """Kill every process and remove every cgroup, socket dir and work dir left by an earlier run."""
+        """Kill every process and remove every cgroup, socket dir and work dir left by an earlier run
+        (the work dirs of kept sandboxes stay)."""
         killed = 0
         marker = f"{MARKER_ENV}={self.instance}:".encode()
         for proc in Path("/proc").iterdir():
@@ -199,44 +301,76 @@ class LocalBackend:
         for base in (self.root, self.run_root):
             if base.is_dir():
                 for entry in base.iterdir():
+                    if base == self.root and entry.name in self._kept:
+                        continue
+                    unmount_under(entry)
                     shutil.rmtree(entry, ignore_errors=True)
                     dirs += 1
         return {"processes": killed, "cgroups": cgroups, "dirs": dirs}
 
+    def workdir_of(self, sandbox_id: str) -> Path | None:
+        path = self.root / sandbox_id / "work"
+        return path if sandbox_id in self._kept and path.is_dir() else None
+
+    async def discard(self, sandbox_id: str) -> None:
+        if sandbox_id in self._kept:
+            self._kept.discard(sandbox_id)
+            await asyncio.to_thread(_remove_tree, self.root / sandbox_id)
+
     def shutdown(self) -> None:
+        self._kept.clear()
         self.reap_orphans()
         self.cgroups.close()
+        self.uids.close()
         shutil.rmtree(self.run_root, ignore_errors=True)
 
-    async def start(self) -> dict[str, int]:
-        return await asyncio.to_thread(self.prepare)
+    async def start(self, keep: Collection[str] = ()) -> dict[str, int]:
+        self.context = kernel_context(self.config.max_message_bytes)
+        return await asyncio.to_thread(self.prepare, keep)
 
     async def reap(self) -> dict[str, int]:
         # Local kernels die with their process group and are tracked by pid; only stray cgroups can remain.
         return {}
 
     async def stop(self) -> None:
+        for sandbox in list(self._live.values()):
+            await sandbox.close()
+        if self._teardowns:
+            await asyncio.gather(*self._teardowns, return_exceptions=True)
         await asyncio.to_thread(self.shutdown)
+        if self.context is not None:
+            self.context.destroy(linger=0)
+            self.context = None
 
-    def _take_uid(self) -> int:
-        if not self.is_root:
-            return os.geteuid()
-        if not self._uids_free:
-            raise SandboxError("no free sandbox uid left; raise EXECUTOR_SANDBOX_UID_COUNT")
-        uid = self._uids_free.pop(0)
-        self._uids_used.add(uid)
-        return uid
+    def _track(self, sandbox: KernelSandbox, teardown: Coroutine[Any, Any, None]) -> None:
+        # Closing answers at once; the cgroup drain and rmtree run beside the next requests. stop() waits.
+        async def run() -> None:
+            try:
+                await teardown
+            except Exception:
+                log.warning("sandbox %s: teardown failed", sandbox.id, exc_info=True)
+            finally:
+                self._live.pop(sandbox.id, None)
 
-    def _give_uid(self, uid: int) -> None:
-        if uid in self._uids_used:
-            self._uids_used.discard(uid)
-            self._uids_free.append(uid)
+        task = asyncio.create_task(run())
+        self._teardowns.add(task)
+        task.add_done_callback(self._teardowns.discard)
 
     async def create(
         self, limits: Limits, env: Mapping[str, str] | None = None, labels: Mapping[str, str] | None = None
-    ) -> LocalSandbox:
+    ) -> KernelSandbox:
         """Start a new jailed kernel; returns once it is ready to execute."""
-        sandbox = LocalSandbox(self, secrets.token_hex(6), limits, dict(env or {}))
+        sandbox_id = secrets.token_hex(6)
+        sandbox = KernelSandbox(
+            sandbox_id,
+            limits,
+            LocalProcess(self, sandbox_id, limits, dict(env or {})),
+            start_timeout_s=self.config.start_timeout_s,
+            context=self.context,
+            max_message_bytes=self.config.max_message_bytes,
+            on_closed=self._track,
+        )
+        self._live[sandbox_id] = sandbox
         try:
             await sandbox.start()
         except BaseException:
@@ -245,8 +379,13 @@ class LocalBackend:
         return sandbox
 
 
-class LocalSandbox:
-    """One jailed ipykernel. See the module docstring for the jail."""
+def _remove_tree(path: Path) -> None:
+    unmount_under(path)
+    shutil.rmtree(path, ignore_errors=True)
+
+
+class LocalProcess:
+    """The provisioner of one jailed ipykernel (see the module docstring for the jail)."""
 
     def __init__(self, backend: LocalBackend, sandbox_id: str, limits: Limits, env: dict[str, str]) -> None:
         self.backend = backend
@@ -254,94 +393,110 @@ class LocalSandbox:
         self.limits = limits
         self.env = env
         self.jail = backend.jail
-        self.dir = backend.root / sandbox_id
-        self.workdir = self.dir / "work"
-        self.rundir = backend.run_root / sandbox_id
+        d = backend.root / sandbox_id
+        self.paths = KernelPaths(dir=d, rundir=backend.run_root / sandbox_id, workdir=d / "work")
         self.uid = -1
         self.cgroup: Cgroup | None = None
         self.proc: asyncio.subprocess.Process | None = None
-        self.driver: KernelDriver | None = None
+        self._launches = 0
+        self._mounted = False
         self._stderr_tail = bytearray()
         self._stderr_task: asyncio.Task[None] | None = None
-        self._closed = False
 
-    # -- lifecycle -------------------------------------------------------------------------------------
+    @property
+    def kernel_ip(self) -> str | None:
+        return f"{JAIL_RUN}/k" if self.jail != "none" else None
 
-    async def start(self) -> None:
+    @property
+    def file_owner(self) -> int | None:
+        return self.uid if self.backend.is_root else None
+
+    @property
+    def ref(self) -> str | None:
+        return None if self.proc is None else f"pid {self.proc.pid}"
+
+    async def prepare(self) -> None:
+        await asyncio.to_thread(self._prepare_dirs)
+
+    def _prepare_dirs(self) -> None:
         b = self.backend
-        self.uid = b._take_uid()
-        self.dir.mkdir(mode=0o700)
-        for d in (self.workdir, self.rundir):
+        self.uid = b.uids.take() if b.is_root else os.geteuid()
+        self.paths.dir.mkdir(mode=0o700)
+        for d in (self.paths.workdir, self.paths.rundir):
             d.mkdir(mode=0o700)
-            if b.is_root:
+        if b.can_mount:
+            why = mount_tmpfs(self.paths.workdir, b.config.work_dir_size_mb, self.uid)
+            if why is None:
+                self._mounted = True
+            else:
+                log.warning("work dir tmpfs not mounted (%s): work dir sizes are not capped", why)
+                b.can_mount = False
+                b.mount_error = why
+        if b.is_root:
+            for d in (self.paths.workdir, self.paths.rundir):
                 os.chown(d, self.uid, self.uid)
-        await self._launch()
 
-    async def restart(self) -> None:
-        """A fresh kernel in the same jail and work dir: state is gone, files stay."""
-        if self._closed:
-            raise SandboxError("the sandbox is closed")
-        if self.driver is not None:
-            self.driver.stop_channels()
-        await self._kill()
-        if self._stderr_task is not None:
-            self._stderr_task.cancel()
-        if self.cgroup is not None:
-            # A new cgroup: the old one's OOM counter would blame the new kernel for the old one's death.
-            await asyncio.to_thread(self.cgroup.remove)
-            self.cgroup = None
-        with contextlib.suppress(FileNotFoundError):
-            (self.rundir / "kernel.json").unlink()
-        self._stderr_tail.clear()
-        await self._launch()
-
-    async def _launch(self) -> None:
+    async def launch(self) -> None:
         b = self.backend
-        host_info = write_connection_files(
-            self.dir / "connection.json",
-            self.rundir,
-            kernel_ip=f"{JAIL_RUN}/k" if self.jail != "none" else None,
-            owner=self.uid if b.is_root else None,
-        )
+        self._launches += 1
         if b.cgroups.available:
-            self.cgroup = b.cgroups.create(
-                self.id, memory_mb=self.limits.memory_mb, pids=self.limits.pids, cpus=self.limits.cpus
+            # A new cgroup per kernel: the old one's OOM counter would blame the new kernel for the old one's death.
+            name = f"{self.id}.{self._launches}"
+            self.cgroup = await asyncio.to_thread(
+                b.cgroups.create, name, memory_mb=self.limits.memory_mb, pids=self.limits.pids, cpus=self.limits.cpus
             )
         argv, env = self._command()
+        self._stderr_tail.clear()
         self.proc = await asyncio.create_subprocess_exec(
             *argv,
             env=env,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
-            preexec_fn=self._in_child,
             start_new_session=True,
-            cwd=str(self.workdir),
+            cwd=str(self.paths.workdir),
         )
-        self._stderr_task = asyncio.create_task(self._read_stderr())
-        self.driver = KernelDriver(host_info, is_alive=lambda: self.alive, exit_reason=lambda: self.exit_reason)
-        self.driver.start_channels()
-        try:
-            await self.driver.wait_ready(b.config.start_timeout_s)
-        except SandboxError as exc:
-            await asyncio.sleep(0.05)  # let the stderr reader catch the last words
-            tail = self.stderr_tail()
-            raise SandboxError(f"{exc}{': ' + tail if tail else ''}") from None
+        self._stderr_task = asyncio.create_task(self._read_stderr(self.proc))
+
+    def _limits_prefix(self) -> list[str]:
+        """setpriv (die with the service) -> sh (join the cgroups) -> prlimit: the chain before the jail."""
+        b = self.backend
+        mb = 1024 * 1024
+        fsize = self.limits.file_size_mb * mb
+        nofile = self.limits.open_files
+        argv: list[str] = []
+        if b.setpriv:
+            argv += [b.setpriv, "--pdeathsig", "KILL", "--"]
+        if self.cgroup is not None:
+            procs = [str(d / "cgroup.procs") for d in self.cgroup.dirs]
+            argv += [b.sh, "-c", _JOIN_CGROUPS, "sh", str(len(procs)), *procs]
+        if not b.prlimit:  # only with EXECUTOR_ALLOW_UNJAILED on a host without util-linux: no limits at all
+            return argv
+        argv += [b.prlimit, "--core=0", f"--fsize={fsize}", f"--nofile={nofile}"]
+        if self.cgroup is None:
+            # Backstops where no cgroup enforces memory and pids. NPROC counts per uid (root: one uid per
+            # sandbox) or per user namespace (bwrap-userns: one namespace per sandbox).
+            if b.is_root or self.jail == "bwrap-userns":
+                argv.append(f"--nproc={self.limits.pids}")
+            mem = (self.limits.memory_mb + 1024) * mb
+            argv.append(f"--as={mem}")
+        return [*argv, "--"]
 
     def _kernel_env(self) -> dict[str, str]:
         threads = str(max(1, math.ceil(self.limits.cpus)))
         env = dict(self.env)
         jailed = self.jail != "none"
+        d = self.paths.dir
         env.update(
             {
-                "HOME": JAIL_WORK if jailed else str(self.workdir),
+                "HOME": JAIL_WORK if jailed else str(self.paths.workdir),
                 "PATH": "/usr/local/bin:/usr/bin:/bin",
                 "LANG": "C.UTF-8",
                 "TMPDIR": "/tmp",
                 "MPLBACKEND": "module://matplotlib_inline.backend_inline",
-                "MPLCONFIGDIR": "/tmp/matplotlib" if jailed else str(self.dir / "mpl"),
-                "IPYTHONDIR": "/tmp/ipython" if jailed else str(self.dir / "ipython"),
-                "JUPYTER_RUNTIME_DIR": "/tmp/jupyter" if jailed else str(self.dir / "jupyter"),
+                "MPLCONFIGDIR": "/tmp/matplotlib" if jailed else str(d / "mpl"),
+                "IPYTHONDIR": "/tmp/ipython" if jailed else str(d / "ipython"),
+                "JUPYTER_RUNTIME_DIR": "/tmp/jupyter" if jailed else str(d / "jupyter"),
                 "PYTHONPATH": JAIL_LIB if jailed else str(RUNTIME_DIR.parent),
                 "EXECUTOR_FONT_CACHE": (
                     f"{JAIL_CACHE}/matplotlib" if jailed else str(self.backend.cache_dir / "matplotlib")
@@ -366,7 +521,7 @@ class LocalSandbox:
         )
         kernel = kernel_command(
             python,
-            f"{JAIL_RUN}/kernel.json" if jailed else str(self.rundir / "kernel.json"),
+            f"{JAIL_RUN}/kernel.json" if jailed else str(self.paths.rundir / "kernel.json"),
             "sandbox_runtime" if jailed else "sandboxes.runtime",
         )
         drop = [
@@ -374,11 +529,12 @@ class LocalSandbox:
             "--reuid", str(self.uid), "--regid", str(self.uid), "--clear-groups",
             "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs",
         ]  # fmt: skip
+        prefix = self._limits_prefix()
         if not jailed:
-            argv = (drop if b.is_root and b.setpriv else []) + kernel
+            argv = prefix + (drop if b.is_root and b.setpriv else []) + kernel
             return argv, {**env, "PATH": os.environ.get("PATH", env["PATH"])}
 
-        argv = [b.bwrap or "bwrap"]
+        argv = [*prefix, b.bwrap or "bwrap"]
         if b.is_root:
             # No user namespace: a uid switch inside one fails, and binds of a 0700 home need real root.
             argv += [
@@ -408,11 +564,11 @@ class LocalSandbox:
         argv += ["--proc", "/proc", "--dev", "/dev", "--perms", "1777", "--tmpfs", "/tmp"]
         argv += [
             "--bind",
-            str(self.workdir),
+            str(self.paths.workdir),
             JAIL_WORK,
             *_dirs_for(JAIL_RUN),
             "--bind",
-            str(self.rundir),
+            str(self.paths.rundir),
             JAIL_RUN,
         ]
         argv += ["--chdir", JAIL_WORK, "--clearenv"]
@@ -422,11 +578,11 @@ class LocalSandbox:
         if b.is_root:
             argv += drop
         argv += kernel
-        # bwrap itself gets only the marker, so a crashed service's orphans can still be found.
+        # The chain before the kernel gets only the marker, so a crashed service's orphans can still be found.
         return argv, {MARKER_ENV: env[MARKER_ENV], "PATH": "/usr/bin:/bin"}
 
     def _etc_file(self, name: str) -> Path:
-        path = self.dir / name
+        path = self.paths.dir / name
         if not path.exists():
             if name == "passwd":
                 text = f"root:x:0:0::/nonexistent:/usr/sbin/nologin\nsandbox:x:{self.uid}:{self.uid}::/work:/bin/sh\n"
@@ -436,60 +592,23 @@ class LocalSandbox:
             os.chmod(path, 0o644)
         return path
 
-    def _in_child(self) -> None:
-        # Runs between fork and exec: join the cgroup first so nothing runs outside it, then the rlimits,
-        # which every process of the sandbox inherits.
-        if self.cgroup is not None:
-            self.cgroup.join()
-        mb = 1024 * 1024
-        fsize = self.limits.file_size_mb * mb
-        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-        resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
-        resource.setrlimit(resource.RLIMIT_NOFILE, (self.limits.open_files, self.limits.open_files))
-        if self.cgroup is None:
-            # Backstops where no cgroup enforces memory and pids. NPROC counts per uid: exact when each
-            # sandbox has its own uid, shared with the service user otherwise.
-            if self.backend.is_root:
-                resource.setrlimit(resource.RLIMIT_NPROC, (self.limits.pids, self.limits.pids))
-            mem = (self.limits.memory_mb + 1024) * mb
-            resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
-        # Die with the service even before bwrap's own --die-with-parent is in place.
-        _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-
-    async def _read_stderr(self) -> None:
-        assert self.proc is not None and self.proc.stderr is not None
-        while chunk := await self.proc.stderr.read(4096):
+    async def _read_stderr(self, proc: asyncio.subprocess.Process) -> None:
+        assert proc.stderr is not None
+        while chunk := await proc.stderr.read(4096):
             self._stderr_tail += chunk
             del self._stderr_tail[:-4096]
 
-    # -- protocol ---------------------------------------------------------------------------------------
+    def poll(self) -> int | None:
+        return None if self.proc is None else self.proc.returncode
 
-    @property
-    def file_owner(self) -> int | None:
-        """The uid that must own files the service puts in the work dir (None: leave as is)."""
-        return self.uid if self.backend.is_root else None
+    async def settle(self) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.proc.wait(), 0.5)
 
-    @property
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.returncode is None and not self._closed
-
-    @property
-    def state(self) -> SandboxState:
-        if self._closed:
-            return "closed"
-        return "idle" if self.alive else ("starting" if self.proc is None else "dead")
-
-    @property
-    def ref(self) -> str | None:
-        return None
-
-    async def kill(self, reason: str) -> None:
-        await self._kill()
-
-    @property
     def exit_reason(self) -> str | None:
         if self.proc is None or self.proc.returncode is None:
-            return "the sandbox was closed" if self._closed else None
+            return None
         code = self.proc.returncode
         if self.cgroup is not None and self.cgroup.oom_killed():
             return f"the kernel ran out of memory (limit {self.limits.memory_mb} MiB) and was killed"
@@ -499,48 +618,33 @@ class LocalSandbox:
                 return f"the kernel was killed by {signal.Signals(signum).name}"
         return f"the kernel exited with status {code}"
 
-    def stderr_tail(self, lines: int = 5) -> str:
-        """The last lines the kernel process wrote to stderr: what a start-up failure says."""
-        return "\n".join(self._stderr_tail.decode(errors="replace").strip().splitlines()[-lines:])
+    def diagnostics(self) -> str:
+        return "\n".join(self._stderr_tail.decode(errors="replace").strip().splitlines()[-5:])
 
-    async def execute(self, code: str, *, timeout: float, silent: bool = False) -> AsyncIterator[Event]:
-        if self.driver is None or not self.alive:
-            yield EndEvent(status="dead", reason=self.exit_reason or "the kernel is not running", kernel_alive=False)
-            return
-        async for event in self.driver.execute(code, timeout=timeout, silent=silent):
-            if isinstance(event, EndEvent) and not event.kernel_alive and self.alive:
-                await self._kill()
-            yield event
-
-    async def interrupt(self) -> None:
-        if self.driver is not None and self.alive:
-            await self.driver.interrupt()
-
-    async def _kill(self) -> None:
+    async def kill(self) -> None:
         if self.proc is not None and self.proc.returncode is None:
             # The whole process group: unjailed kernels have no pid namespace to take their children down.
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
             await self.proc.wait()
 
-    async def close(self) -> None:
-        """Kill the kernel and all it started; remove the cgroup, socket dir and work dir."""
-        if self._closed:
-            return
-        self._closed = True
-        if self.driver is not None:
-            self.driver.stop_channels()
-        await self._kill()
+    async def cleanup(self, *, restart: bool) -> None:
         if self._stderr_task is not None:
             self._stderr_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._stderr_task
-        # Off the event loop: rmtree of a big work dir and the cgroup drain can take a while.
-        await asyncio.to_thread(self._cleanup)
-        self.backend._give_uid(self.uid)
+            self._stderr_task = None
+        cgroup, self.cgroup = self.cgroup, None
+        await asyncio.to_thread(self._release, cgroup, restart)
 
-    def _cleanup(self) -> None:
-        if self.cgroup is not None:
-            self.cgroup.remove()
-        shutil.rmtree(self.rundir, ignore_errors=True)
-        shutil.rmtree(self.dir, ignore_errors=True)
+    def _release(self, cgroup: Cgroup | None, restart: bool) -> None:
+        if cgroup is not None:
+            cgroup.remove()
+        if restart:
+            return
+        if self._mounted:
+            unmount(self.paths.workdir)
+        shutil.rmtree(self.paths.rundir, ignore_errors=True)
+        shutil.rmtree(self.paths.dir, ignore_errors=True)
+        if self.uid >= 0 and self.backend.is_root:
+            self.backend.uids.give(self.uid)

@@ -8,7 +8,15 @@ from pathlib import Path
 import httpx
 import pytest
 
+from executor.settings import Settings
 from tests.conftest import MEMORY_BOMB, Service, fork_bomb, run
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    # A file-size limit well under the memory limit: the work dir is a tmpfs whose pages count as memory.
+    settings.max_file_size_mb = 32
+    return settings
 
 
 @pytest.fixture

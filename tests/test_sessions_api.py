@@ -185,7 +185,7 @@ async def test_executions_run_in_submission_order(client: httpx.AsyncClient, ses
         )
         ids.append(r.json()["id"])
     results = await asyncio.gather(*(_wait_done(client, sid, eid) for eid in ids))
-    assert results[-1]["result"] == "[0, 1, 2, 3, 4]"
+    assert results[-1]["result"] == "[0, 1, 2, 3, 4]", [(r["status"], r["error"]) for r in results]
 
 
 async def _wait_done(client: httpx.AsyncClient, sid: str, eid: str) -> dict:
