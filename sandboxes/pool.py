@@ -3,12 +3,13 @@
 ``Pool.acquire`` is the only way the service gets a sandbox. A request for the pool's own limits and no extra
 environment gets a pooled sandbox (started and warmed ahead of time, handed out once, never recycled); when none
 is ready but one is already starting or warming, the request waits for it instead of starting another, unless a
-cold start would surely be sooner (see ``Pool.acquire``). Everything else is a cold start.
+cold start is estimated to be sooner (see ``Pool.acquire``). Everything else is a cold start.
 
 Every start, refill or cold, passes a ``StartGate``: at most ``width`` at once (about one per CPU core, since a
 start is CPU-bound: a Python interpreter and its imports), first come first served, requests before refills that
-have not begun. A request whose start would not finish within its ``deadline_s`` is refused at once with
-``StartQueueFull`` (the caller answers 429 with ``Retry-After``), instead of timing out in the queue.
+have not begun, and refills (start and warm-up) in at most ``width - 1`` slots so a request finds one free. A
+request whose start would not finish within its ``deadline_s`` is refused at once with ``StartQueueFull`` (the
+caller answers 429 with ``Retry-After``), instead of timing out in the queue.
 
 Accounting: ``len(pool)`` is every sandbox the pool holds or is making and has not handed out (pooled ones in any
 phase, cold starts for requests in flight). A sandbox stops counting here in the same step as ``acquire`` returns
@@ -35,9 +36,6 @@ WARM_UP = "__import__('matplotlib.pyplot'); __import__('pandas'); __import__('nu
 
 # Weight of the newest sample in the moving averages of start, warm-up and gate-hold durations.
 _ALPHA = 0.3
-# A cold start is "surely sooner" than waiting for an in-flight pooled sandbox when its estimate is below this
-# share of the pooled one's: estimates are rough, and waiting costs the host no extra sandbox.
-_SURELY = 0.5
 
 
 class StartQueueFull(SandboxError):
@@ -71,11 +69,16 @@ class _Ewma:
 class StartGate:
     """Bounds how many sandbox starts run at once; FIFO, and requests go before refills that have not begun.
 
-    One gate may be shared by several pools (one per backend), since they share the host's CPUs."""
+    Refills hold at most ``refill_width`` slots (default: all but one), so a request never waits behind the
+    warm-ups of refills. One gate may be shared by several pools (one per backend): they share the host's CPUs."""
 
-    def __init__(self, width: int | None = None, *, hold_estimate_s: float = 1.0) -> None:
+    def __init__(
+        self, width: int | None = None, *, refill_width: int | None = None, hold_estimate_s: float = 1.0
+    ) -> None:
         self.width = max(1, width if width is not None else (os.cpu_count() or 1))
+        self.refill_width = max(1, min(self.width, refill_width if refill_width is not None else self.width - 1))
         self.running = 0
+        self.running_refills = 0
         self._urgent: deque[asyncio.Future[None]] = deque()
         self._background: deque[asyncio.Future[None]] = deque()
         self.hold = _Ewma(hold_estimate_s)
@@ -96,11 +99,20 @@ class StartGate:
         # Slots free up at width per average hold; ours is the (ahead + 1)-th to be granted.
         return self.hold.value * (ahead + 1) / self.width
 
+    def _free(self, urgent: bool) -> bool:
+        return self.running < self.width and (urgent or self.running_refills < self.refill_width)
+
+    def _grant(self, urgent: bool) -> None:
+        self.running += 1
+        if not urgent:
+            self.running_refills += 1
+
     async def enter(self, *, urgent: bool, begin_within: float | None = None) -> float:
-        """Wait for a slot; returns the loop time it was granted. Raises ``_NotBegun`` past ``begin_within``."""
+        """Wait for a slot; returns the loop time it was granted, to pass to ``leave``.
+        Raises ``_NotBegun`` if not granted within ``begin_within`` seconds."""
         loop = asyncio.get_running_loop()
-        if self.running < self.width and not self.queued_urgent and (urgent or not self.queued_background):
-            self.running += 1
+        if self._free(urgent) and not self.queued_urgent and (urgent or not self.queued_background):
+            self._grant(urgent)
             return loop.time()
         ticket: asyncio.Future[None] = loop.create_future()
         (self._urgent if urgent else self._background).append(ticket)
@@ -112,7 +124,7 @@ class StartGate:
                     await ticket
         except BaseException as exc:
             if ticket.done() and not ticket.cancelled():
-                self.leave(None)  # granted just as we gave up: pass the slot on
+                self.leave(None, urgent=urgent)  # granted just as we gave up: pass the slot on
             else:
                 ticket.cancel()
                 self._drop(ticket)
@@ -121,11 +133,13 @@ class StartGate:
             raise
         return loop.time()
 
-    def leave(self, entered_at: float | None) -> None:
+    def leave(self, entered_at: float | None, *, urgent: bool) -> None:
         """Give the slot back; ``entered_at`` (from ``enter``) feeds the average hold time."""
         if entered_at is not None:
             self.hold.add(asyncio.get_running_loop().time() - entered_at)
         self.running -= 1
+        if not urgent:
+            self.running_refills -= 1
         self._wake()
 
     def _drop(self, ticket: asyncio.Future[None]) -> None:
@@ -137,15 +151,14 @@ class StartGate:
             return
 
     def _wake(self) -> None:
-        while self.running < self.width:
-            queue = self._urgent if self._urgent else self._background
-            if not queue:
-                return
-            ticket = queue.popleft()
-            if ticket.done():
-                continue
-            ticket.set_result(None)
-            self.running += 1
+        for urgent, queue in ((True, self._urgent), (False, self._background)):
+            while queue and self._free(urgent):
+                ticket = queue.popleft()
+                if not ticket.done():
+                    ticket.set_result(None)
+                    self._grant(urgent)
+            if queue and urgent:
+                return  # requests still wait: refills wait behind them
 
 
 Phase = Literal["queued", "starting", "warming", "ready", "handed", "closing"]
@@ -235,8 +248,9 @@ class Pool:
         """A started sandbox for a request, within ``deadline_s`` seconds or not at all.
 
         In order: a ready pooled sandbox (if the request ``fits``); else an in-flight pooled one that has begun
-        starting or warming, unclaimed by another request, waited for (unless a cold start's estimate is under
-        half of its remaining start and warm-up estimate); else a cold start through the gate. A pooled one
+        starting or warming, unclaimed by another request, waited for, unless a cold start's estimate (queue
+        wait plus the average start) is below its remaining one (the rest of the average start and warm-up,
+        from moving averages of recent ones); else a cold start through the gate. A pooled one
         that has not begun is never waited for: a cold start would be at the same place in the queue and skip
         the warm-up. ``labels`` apply to cold starts only (pooled sandboxes exist before their session).
 
@@ -297,7 +311,7 @@ class Pool:
         if not candidates:
             return None
         best = min(candidates, key=lambda s: self._eta(s, now))
-        if self.may_grow() and self.gate.wait_estimate() + self._start.value < _SURELY * self._eta(best, now):
+        if self.may_grow() and self.gate.wait_estimate() + self._start.value < self._eta(best, now):
             return None
         return best
 
@@ -325,7 +339,9 @@ class Pool:
         sandbox = claim.result()
         if sandbox is None:
             return None
-        if slot not in self._slots:  # close() took it back
+        if self._closed or slot not in self._slots:
+            if slot in self._slots:
+                slot.phase = "ready"  # close() closes it with the rest
             raise SandboxError("the service is stopping; no new sandboxes")
         # Uncount it in the same step as the caller starts counting it.
         self._slots.remove(slot)
@@ -360,6 +376,9 @@ class Pool:
         except BaseException:
             self._cold -= 1
             raise
+        if self._closed:
+            self._spawn(self._abandon(task))
+            raise SandboxError("the service is stopping; no new sandboxes")
         self._cold -= 1
         return sandbox
 
@@ -379,7 +398,7 @@ class Pool:
             sandbox = await self.backend.create(limits, env, labels)
             self._start.add(asyncio.get_running_loop().time() - entered)
         finally:
-            self.gate.leave(entered)
+            self.gate.leave(entered, urgent=True)
         if self._closed:
             await _close_quietly(sandbox, self.backend.name)
             raise SandboxError("the service is stopping; no new sandboxes")
@@ -450,7 +469,7 @@ class Pool:
                 slot.claim.set_result(sandbox)
             return
         finally:
-            self.gate.leave(entered)
+            self.gate.leave(entered, urgent=False)
             if slot.phase not in ("ready", "handed"):
                 if slot.claim is not None and not slot.claim.done():
                     slot.claim.set_result(None)
@@ -485,8 +504,13 @@ class Pool:
         for slot in self._slots:
             if slot.task is not None and slot.phase in ("queued", "warming"):
                 slot.task.cancel()
-        while self._tasks:
-            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        # A cold start that just finished is counted until its request resumes (and, seeing the pool closed,
+        # hands it to a closing task): wait for that too, so nothing outlives close().
+        while self._tasks or self._cold:
+            if self._tasks:
+                await asyncio.gather(*list(self._tasks), return_exceptions=True)
+            else:
+                await asyncio.sleep(0)
         held = [s for s in self._slots if s.phase in ("ready", "handed") and s.sandbox is not None]
         self._slots = [s for s in self._slots if s not in held]
         await asyncio.gather(*(_close_quietly(s.sandbox, self.backend.name) for s in held if s.sandbox))

@@ -174,10 +174,32 @@ async def test_a_request_goes_before_refills_that_have_not_begun(fake: FakeBacke
         await pool.close()
 
 
+async def test_refills_leave_a_slot_for_requests(fake: FakeBackend, leaves_nothing: None) -> None:
+    held = Held()
+    fake.start_hook = held
+    pool = Pool(fake, LIMITS, 3, always, gate=StartGate(2), warm_up=None)
+    try:
+        pool.refill()
+        await until(lambda: held.started == ["pool"])
+        await asyncio.sleep(0.01)
+        assert held.running == 1 and pool.gate.running == 1  # the second slot stays free for a request
+        request = asyncio.create_task(pool.acquire(LIMITS, env("request"), deadline_s=60))
+        await until(lambda: held.started == ["pool", "request"])
+        assert held.running == 2
+        held.release(4)
+        await (await request).close()
+        await until(lambda: len(pool.ready) == 3)
+        assert held.peak == 2
+    finally:
+        held.release(10)
+        await pool.close()
+
+
 async def test_a_request_waits_for_a_warming_sandbox_rather_than_starting_another(
     fake: FakeBackend, leaves_nothing: None
 ) -> None:
-    pool = Pool(fake, LIMITS, 1, always, warm_up="sleep(0.1)")
+    # Its warm-up is believed nearly done: sooner than a cold start.
+    pool = Pool(fake, LIMITS, 1, always, warm_up="sleep(0.1)", warm_up_estimate_s=0.01)
     try:
         pool.refill()
         await until(lambda: pool.stats()["warming"] == 1)
@@ -189,8 +211,8 @@ async def test_a_request_waits_for_a_warming_sandbox_rather_than_starting_anothe
         await pool.close()
 
 
-async def test_a_cold_start_goes_first_when_it_is_surely_sooner(fake: FakeBackend, leaves_nothing: None) -> None:
-    # The warm-up is believed to take 100 s: a cold start (about 1 s) is surely sooner.
+async def test_a_cold_start_goes_first_when_it_is_sooner(fake: FakeBackend, leaves_nothing: None) -> None:
+    # The warm-up is believed to take 100 s: a cold start (about 1 s) is sooner.
     pool = Pool(fake, LIMITS, 1, always, warm_up="sleep(0.2)", warm_up_estimate_s=100)
     try:
         pool.refill()
@@ -320,7 +342,7 @@ async def test_a_cancelled_cold_start_leaves_nothing(fake: FakeBackend, leaves_n
 
 
 async def test_a_cancelled_wait_puts_the_sandbox_back_in_stock(fake: FakeBackend, leaves_nothing: None) -> None:
-    pool = Pool(fake, LIMITS, 1, always, warm_up="sleep(0.05)")
+    pool = Pool(fake, LIMITS, 1, always, warm_up="sleep(0.05)", warm_up_estimate_s=0.01)
     try:
         pool.refill()
         await until(lambda: pool.stats()["warming"] == 1)
