@@ -266,6 +266,22 @@ async def test_a_start_that_has_not_begun_by_its_deadline_is_refused(fake: FakeB
         await pool.close()
 
 
+async def test_a_wait_for_a_warming_sandbox_past_the_deadline_is_refused(
+    fake: FakeBackend, leaves_nothing: None
+) -> None:
+    pool = Pool(fake, LIMITS, 1, always, warm_up="sleep(0.3)", warm_up_estimate_s=0.01)
+    try:
+        pool.refill()
+        await until(lambda: pool.stats()["warming"] == 1)
+        with pytest.raises(StartQueueFull) as refused:
+            await pool.acquire(LIMITS, deadline_s=0.05)
+        assert refused.value.retry_after_s >= 1
+        await until(lambda: len(pool.ready) == 1)  # unclaimed, it joins the stock
+        assert fake.created == 1
+    finally:
+        await pool.close()
+
+
 async def test_a_hand_out_schedules_its_refill_after_returning(fake: FakeBackend, leaves_nothing: None) -> None:
     pool = Pool(fake, LIMITS, 1, always, warm_up=None)
     try:
