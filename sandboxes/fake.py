@@ -14,6 +14,9 @@ per line, arguments as Python literals (``ast.literal_eval``, never ``eval``)::
     hang()                   ignore interrupts: past the wall time the kernel is reported not alive
 
 Or pass ``handler(code) -> iterable of Events (or float seconds to sleep)`` for anything else.
+
+``start_hook(sandbox)``, awaited in every start (after ``start_delay_s``, before ``fail_start``), lets a test
+hold starts on an event, count how many run at once, or raise. ``peak_live`` is the most sandboxes alive at once.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import asyncio
 import secrets
 import shutil
 import tempfile
-from collections.abc import AsyncIterator, Callable, Collection, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +100,8 @@ class FakeSandbox:
         self.workdir.mkdir(parents=True)
         if self.backend.start_delay_s:
             await asyncio.sleep(self.backend.start_delay_s)
+        if self.backend.start_hook is not None:
+            await self.backend.start_hook(self)
         if self.backend.fail_start is not None:
             raise SandboxError(self.backend.fail_start)
         self._state = "idle"
@@ -198,12 +203,15 @@ class FakeBackend:
         handler: Handler | None = None,
         start_delay_s: float = 0.0,
         fail_start: str | None = None,
+        start_hook: Callable[[FakeSandbox], Awaitable[None]] | None = None,
     ) -> None:
         self._own_root = root is None
         self.root = root or Path(tempfile.mkdtemp(prefix="executor-fake-"))
         self.handler = handler
         self.start_delay_s = start_delay_s
         self.fail_start = fail_start
+        self.start_hook = start_hook
+        self.peak_live = 0
         self.live: dict[str, FakeSandbox] = {}
         self.created = 0
         self.closed = 0
@@ -237,6 +245,7 @@ class FakeBackend:
         sandbox = FakeSandbox(self, secrets.token_hex(6), limits, dict(env or {}))
         self.created += 1
         self.live[sandbox.id] = sandbox
+        self.peak_live = max(self.peak_live, len(self.live))
         try:
             await sandbox.start()
         except BaseException:
