@@ -222,6 +222,12 @@ async def scan_async(root: Path, limit: int = MAX_SCAN_ENTRIES) -> Scan:
     return await asyncio.to_thread(scan, root, limit)
 
 
+def _entries(it: Iterator[os.DirEntry[str]]) -> Iterator[os.DirEntry[str]]:
+    # A dir removed or made unreadable mid-listing ends its listing, not the whole scan.
+    with contextlib.suppress(OSError):
+        yield from it
+
+
 def scan(root: Path, limit: int = MAX_SCAN_ENTRIES, max_dirs: int | None = None) -> Scan:
     """Regular files under ``root``: symlinks never followed, at most ``limit`` names seen, ``max_dirs`` dirs.
 
@@ -253,7 +259,7 @@ def scan(root: Path, limit: int = MAX_SCAN_ENTRIES, max_dirs: int | None = None)
         except OSError:
             return True
         with it:
-            for entry in it:
+            for entry in _entries(it):
                 seen += 1
                 if seen > limit:
                     return False
