@@ -314,9 +314,22 @@ async def test_a_previous_cells_thread_does_not_print_into_the_next_cell(
     # The thread surely ticks while this one runs.
     r = await run(client, sid, "import time\ntime.sleep(0.5)\nprint('CLEAN')")
     assert r["stdout"] == "CLEAN\n", r
-    # The thread ran on: its output went to its own (finished) cell, not lost from the kernel.
-    r = await run(client, sid, "import time\ntime.sleep(1.2)\nimport threading\nprint(threading.active_count())")
-    assert "THREAD_TICK" not in r["stdout"]
+    r = await run(client, sid, "import time\ntime.sleep(1.2)")
+    assert r["stdout"] == "", r
+
+
+async def test_a_previous_cells_thread_does_not_display_into_the_next_cell(
+    client: httpx.AsyncClient, session: dict
+) -> None:
+    sid = session["id"]
+    code = (
+        "import threading, time\nfrom IPython.display import HTML, display\n"
+        "def late():\n    time.sleep(0.3)\n    display(HTML('<b>LATE</b>'))\n"
+        "threading.Thread(target=late).start()\n"
+    )
+    assert (await run(client, sid, code))["outputs"] == []
+    r = await run(client, sid, "import time\ntime.sleep(0.8)\nprint('CLEAN')")
+    assert r["stdout"] == "CLEAN\n" and r["outputs"] == [], r
 
 
 async def test_a_threads_output_lands_in_its_own_cell_while_that_cell_runs(
