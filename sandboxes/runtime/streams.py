@@ -134,9 +134,16 @@ def route_thread_output() -> None:
     _installed = True
     original_start = threading.Thread.start
     original_submit = ThreadPoolExecutor.submit
+    try:
+        from ipykernel.thread import BaseThread
+    except ImportError:  # an ipykernel without it: no kernel threads to tell apart
+        kernel_threads: tuple[type, ...] = ()
+    else:
+        kernel_threads = (BaseThread,)
 
     def start(self: threading.Thread) -> None:
-        parent = current_parent(shell)
+        # ipykernel's own threads (control, shell channel, subshells) set a parent per message they handle.
+        parent = None if isinstance(self, kernel_threads) else current_parent(shell)
         if parent is not None:
             # An instance attribute, so a subclass's own run() is wrapped too; Thread._bootstrap calls self.run().
             self.run = with_parent(shell, parent, self.run)  # type: ignore[method-assign]
