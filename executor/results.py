@@ -71,6 +71,10 @@ class ExecutionResult(BaseModel):
     error: ErrorInfo | None = None
     outputs: list[Output] = Field(default_factory=list)
     files: list[FileInfo] = Field(default_factory=list)
+    files_truncated: bool = Field(
+        False, description="Some changed files are not listed (too many, or the work-dir scan was cut)."
+    )
+    files_omitted: int = Field(0, description="How many changed files were left out of ``files`` (when known).")
     truncated: bool = False
     started_at: datetime | None = None
     finished_at: datetime | None = None

@@ -94,6 +94,17 @@ class Settings(BaseSettings):
         256 << 10, ge=0, description="Changed files up to this size are returned inline (base64)."
     )
     max_inline_files_bytes: int = Field(4 << 20, ge=0, description="Cap on all inline files of one result.")
+    max_result_files: int = Field(
+        1000, ge=0, description="Changed files listed in one result (newest first); the rest are counted as omitted."
+    )
+    max_result_files_bytes: int = Field(
+        256 << 10, ge=0, description="Cap on the summed path lengths of the changed files listed in one result."
+    )
+    max_scan_entries: int = Field(
+        100_000,
+        ge=64,
+        description="Names a work-dir scan looks at before it stops (and says the listing is incomplete).",
+    )
     max_upload_mb: int = Field(100, ge=1, description="Largest upload.")
     cull_interval_s: float = Field(15, gt=0, description="How often idle sessions are looked for.")
     kernel_start_timeout_s: float = Field(30, gt=0, description="How long a kernel may take to start.")

@@ -9,6 +9,15 @@ from __future__ import annotations
 import glob
 import os
 import shutil
+import sys
+
+from . import streams
+
+# The kernel process exits with this code when its seccomp filter is not in force: the service sees a kernel
+# that died while starting (with the one line below on its stderr) and never hands the sandbox out.
+SECCOMP_FAILED_EXIT = 86
+
+SECCOMP = "not loaded"
 
 
 def _copy_font_cache() -> None:
@@ -33,17 +42,58 @@ def _configure_ipython() -> None:
     ip.run_line_magic("config", "InlineBackend.close_figures = True")
 
 
-SECCOMP = "not loaded"
+def _process_stderr() -> int:
+    # ipykernel points fd 2 at a pipe that becomes iopub messages; fileno() of its stream is a copy of the
+    # process's real stderr, which is what the service reads when a start fails.
+    try:
+        fd = sys.stderr.fileno()
+        os.fstat(fd)
+        return fd
+    except (AttributeError, OSError, ValueError):
+        return 2
 
 
-def setup() -> None:
-    """Harden and prepare the kernel before any user code: seccomp filter, matplotlib inline as PNG, caches.
+def _die(message: str) -> None:
+    try:
+        os.write(_process_stderr(), f"sandbox runtime: {message}\n".encode(errors="replace"))
+    finally:
+        os._exit(SECCOMP_FAILED_EXIT)
 
-    Called once via ``exec_lines``. The filter goes first so nothing after it runs unfiltered.
+
+def load_filter(*, required: bool = True) -> None:
+    """Load the seccomp filter and prove it is in force; without it the kernel ends here when ``required``.
+
+    ``required`` comes from the kernel's command line (the service's choice), never from its environment,
+    which the caller of the API controls.
     """
     global SECCOMP
-    from . import harden
+    from . import harden as _harden
 
-    SECCOMP = harden.install()
+    try:
+        _harden.install()
+        _harden.verify()
+    except _harden.SeccompError as exc:
+        SECCOMP = f"failed: {exc}"
+        if required:
+            _die(f"the seccomp filter is not in force, refusing to run code: {exc}")
+        return
+    except BaseException as exc:  # fail closed on anything unexpected too
+        SECCOMP = f"failed: {exc!r}"
+        if required:
+            _die(f"the seccomp filter could not be installed, refusing to run code: {exc!r}")
+        return
+    SECCOMP = "loaded"
+
+
+def setup(*, seccomp: bool = True) -> None:
+    """Harden and prepare the kernel before any user code: seccomp filter, binary stdout/stderr, thread output
+    routed to the cell that started the thread, matplotlib inline as PNG, caches.
+
+    Called once via ``exec_lines``. The filter goes first so nothing after it runs unfiltered; IPython swallows
+    exceptions from ``exec_lines``, so a failed filter ends the process (``os._exit``) instead of raising.
+    """
+    load_filter(required=seccomp)
+    streams.add_binary_buffers()
+    streams.route_thread_output()
     _copy_font_cache()
     _configure_ipython()
