@@ -19,6 +19,7 @@ import random
 import re
 import socket
 import time
+import zlib
 from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -562,17 +563,7 @@ class OutboundClient:
         started = time.monotonic()
         response = await self._transport.handle_async_request(request)
         try:
-            chunks: list[bytes] = []
-            size = 0
-            truncated = False
-            async for chunk in response.aiter_bytes():
-                room = lim.max_response_bytes - size
-                if len(chunk) > room:
-                    chunks.append(chunk[:room])
-                    truncated = True
-                    break
-                chunks.append(chunk)
-                size += len(chunk)
+            body, truncated = await _read_capped(response, lim.max_response_bytes)
         finally:
             await response.aclose()
         log.debug(
@@ -587,10 +578,72 @@ class OutboundClient:
         return OutboundResponse(
             status_code=response.status_code,
             headers=response.headers,
-            content=b"".join(chunks),
+            content=body,
             url=str(url),
             truncated=truncated,
         )
+
+
+class _Inflater:
+    """gzip or deflate, decoded so that no input chunk can make more than ``room`` bytes at once.
+
+    A 64 KiB chunk of a compressed run of zeros is 64 MiB decoded; httpx's decoders return it whole before any
+    cap can look at it, so the body is decoded here, with ``max_length``.
+    """
+
+    def __init__(self, encoding: str) -> None:
+        self.encoding = encoding
+        self._deflate_guess = encoding == "deflate"
+        wbits = zlib.MAX_WBITS | 16 if encoding in ("gzip", "x-gzip") else zlib.MAX_WBITS
+        self._z = zlib.decompressobj(wbits)
+
+    def decode(self, data: bytes, room: int) -> bytes:
+        try:
+            out = self._z.decompress(data, room + 1)
+        except zlib.error:
+            if not self._deflate_guess:
+                raise
+            # "deflate" is sent both with and without the zlib header (httpx's decoder tries both too).
+            self._deflate_guess = False
+            self._z = zlib.decompressobj(-zlib.MAX_WBITS)
+            return self._z.decompress(data, room + 1)
+        self._deflate_guess = False
+        return out
+
+    def flush(self, room: int) -> bytes:
+        return self._z.flush()[: room + 1]
+
+
+async def _read_capped(response: httpx.Response, cap: int) -> tuple[bytes, bool]:
+    """The decoded body, at most ``cap`` bytes; True when there was more."""
+    encodings = [e.strip().lower() for e in response.headers.get("content-encoding", "").split(",") if e.strip()]
+    encodings = [e for e in encodings if e != "identity"]
+    if len(encodings) > 1 or (encodings and encodings[0] not in ("gzip", "x-gzip", "deflate")):
+        # Only gzip and deflate are asked for (DEFAULT_HEADERS); anything else is not decoded here.
+        raise httpx.DecodingError(
+            f"unsupported Content-Encoding {response.headers.get('content-encoding')!r}", request=response.request
+        )
+    inflater = _Inflater(encodings[0]) if encodings else None
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async for raw in response.aiter_raw():
+            room = cap - size
+            chunk = inflater.decode(raw, room) if inflater is not None else raw
+            if len(chunk) > room:
+                chunks.append(chunk[:room])
+                return b"".join(chunks), True
+            chunks.append(chunk)
+            size += len(chunk)
+        if inflater is not None:
+            tail = inflater.flush(cap - size)
+            if len(tail) > cap - size:
+                chunks.append(tail[: cap - size])
+                return b"".join(chunks), True
+            chunks.append(tail)
+    except zlib.error as exc:
+        raise httpx.DecodingError(f"cannot decode the {encodings[0]} body: {exc}", request=response.request) from exc
+    return b"".join(chunks), False
 
 
 def _json_bytes(value: Any) -> bytes:
