@@ -402,10 +402,13 @@ def numeric_host_problem(host: str) -> str | None:
 
 def parse_url(url: str | httpx.URL) -> httpx.URL:
     """``httpx.URL(url)``, refusing URLs httpx cannot parse and hosts :func:`numeric_host_problem` refuses."""
-    try:
-        parsed = httpx.URL(url)
-    except httpx.InvalidURL as exc:
-        raise EgressDenied("url", f"invalid URL {redact(str(url))!r}: {exc}") from None
+    if isinstance(url, httpx.URL):
+        parsed = url
+    else:
+        try:
+            parsed = httpx.URL(url)
+        except httpx.InvalidURL as exc:
+            raise EgressDenied("url", f"invalid URL {redact(url)!r}: {exc}") from None
     problem = numeric_host_problem(parsed.host)
     if problem:
         raise EgressDenied("ip-literal", problem)
@@ -427,7 +430,8 @@ def redact(url: str | httpx.URL) -> str:
 
 def origin(url: str | httpx.URL) -> tuple[str, str, int | None]:
     """Scheme, host and port (httpx drops default ports), for "is this the same server?" checks."""
-    url = httpx.URL(url)
+    if not isinstance(url, httpx.URL):
+        url = httpx.URL(url)
     return url.scheme, url.host, url.port
 
 
@@ -475,7 +479,7 @@ class OutboundClient:
     async def request(
         self,
         method: str,
-        url: str,
+        url: str | httpx.URL,
         *,
         headers: Mapping[str, str] | None = None,
         json: Any = None,

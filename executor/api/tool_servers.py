@@ -171,9 +171,9 @@ async def call_tool_server(
             "session, system_oauth or oauth_2.1.",
         ),
     ] = None,
-) -> ToolResult:
+) -> Response:
     """Call one operation with the connection's credentials, at ``{connection url}{operation path}``."""
-    return await _service(request).call(
+    result = await _service(request).call(
         server_id,
         operation_id,
         body.arguments,
@@ -181,3 +181,5 @@ async def call_tool_server(
         token=token,
         identity=template_values(request, principal, body),
     )
+    # Dumped once, here: FastAPI would validate the model it was just given again, then encode it.
+    return Response(result.model_dump_json(), media_type="application/json")

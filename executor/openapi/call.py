@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import re
 from dataclasses import dataclass
@@ -30,9 +31,18 @@ MAX_VALUE_DEPTH = 100
 @dataclass
 class PreparedRequest:
     method: str
-    url: str
+    url: httpx.URL  # parsed once, here; the client sends it as is
     headers: dict[str, str]
     json_body: Any | None
+
+
+@functools.lru_cache(maxsize=1024)
+def _origin_of(connection_url: str) -> tuple[str, str, int | None] | None:
+    # Parsing a URL is a measurable part of a call; a connection's URL is parsed once.
+    try:
+        return origin(connection_url)
+    except httpx.InvalidURL:
+        return None
 
 
 def fill_template(value: str, identity: dict[str, str]) -> str:
@@ -108,10 +118,11 @@ def build_request(
     if query:
         url += "?" + urlencode(query)
     try:
-        same = origin(url) == origin(connection_url)
+        parsed: httpx.URL | None = httpx.URL(url)
     except httpx.InvalidURL:
-        same = False
-    if not same:
+        parsed = None
+    expected = _origin_of(connection_url)
+    if parsed is None or expected is None or origin(parsed) != expected:
         raise Invalid(
             "bad_operation_path",
             f"operation {op.operation_id!r}: its path {op.path!r} with these arguments does not stay on the tool "
@@ -131,7 +142,8 @@ def build_request(
         if body is None:
             body = {}
         out_headers.setdefault("Content-Type", op.body_media_type or "application/json")
-    return PreparedRequest(op.method.upper(), url, out_headers, body)
+    assert parsed is not None
+    return PreparedRequest(op.method.upper(), parsed, out_headers, body)
 
 
 def _scalar(value: Any) -> str:

@@ -111,8 +111,19 @@ def check_connection(conn: Connection, where: str = "") -> None:
 
 
 def _fingerprint(conn: Connection) -> str:
+    # Connections are replaced, never changed in place: one fingerprint per object (an inline spec can be large).
+    cached = _FINGERPRINTS.get(id(conn))
+    if cached is not None and cached[0] is conn:
+        return cached[1]
+    if len(_FINGERPRINTS) > 4096:
+        _FINGERPRINTS.clear()
     data = json.dumps([conn.url, conn.path, conn.spec_type, conn.spec, conn.auth_type, conn.key], default=str)
-    return hashlib.sha256(data.encode()).hexdigest()
+    fingerprint = hashlib.sha256(data.encode()).hexdigest()
+    _FINGERPRINTS[id(conn)] = (conn, fingerprint)
+    return fingerprint
+
+
+_FINGERPRINTS: dict[int, tuple[Connection, str]] = {}
 
 
 def shown_url(conn: Connection, principal: Principal) -> str:
@@ -492,7 +503,7 @@ class ToolServerService:
         except OutboundTimeout as exc:
             result = error_result("Timeout", str(exc), started, datetime.now(UTC))
         except httpx.HTTPError as exc:
-            message = f"{type(exc).__name__}: {_scrub(str(exc), prepared.url)}"
+            message = f"{type(exc).__name__}: {_scrub(str(exc), str(prepared.url))}"
             result = error_result("ConnectionError", message, started, datetime.now(UTC))
         else:
             log.info("tool server %s: %s -> HTTP %d", ident, operation_id, resp.status_code)
