@@ -26,12 +26,12 @@ from typing import Any
 # Measure the checkout this file is in, not whichever one the venv has installed.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import httpx  # noqa: E402
-import uvicorn  # noqa: E402
-from fastapi import FastAPI  # noqa: E402
+import httpx
+import uvicorn
+from fastapi import FastAPI
 
-from executor.app import create_app  # noqa: E402
-from executor.settings import Settings  # noqa: E402
+from executor.app import create_app
+from executor.settings import Settings
 
 KEY = "bench-admin-key"
 
