@@ -48,6 +48,11 @@ class Conflict(DomainError):
     """The thing exists but is in the wrong state, or the name is taken (HTTP 409)."""
 
 
+class Unprocessable(DomainError):
+    """Well-formed, but an argument does not fit what the target declares (HTTP 422): a missing required tool
+    argument, say. Kept apart from :class:`Invalid` because clients and the Open WebUI parity goldens expect 422."""
+
+
 class TooLarge(DomainError):
     """The request or what it would produce is over a stated limit (HTTP 413)."""
 
@@ -75,6 +80,7 @@ STATUS: dict[type[DomainError], int] = {
     NotFound: 404,
     Conflict: 409,
     TooLarge: 413,
+    Unprocessable: 422,
     RateLimited: 429,
     BadGateway: 502,
     Unavailable: 503,

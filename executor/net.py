@@ -16,17 +16,17 @@ import ipaddress
 import json as jsonlib
 import logging
 import random
+import re
 import socket
 import time
-from collections.abc import Iterable, Mapping
+import zlib
+from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urljoin
+from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import httpcore
 import httpx
-from httpcore._backends.auto import AutoBackend
-from httpcore._backends.base import SOCKET_OPTION, AsyncNetworkBackend, AsyncNetworkStream
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ CGNAT = ipaddress.ip_network("100.64.0.0/10")
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 RETRY_STATUSES = frozenset({502, 503, 504})
 # Headers kept when a redirect leaves the origin; everything else may carry credentials.
-CROSS_ORIGIN_SAFE_HEADERS = frozenset({"accept", "accept-encoding", "accept-language", "user-agent"})
+CROSS_ORIGIN_SAFE_HEADERS = frozenset({"accept", "accept-encoding", "accept-language", "user-agent", "connection"})
 
 
 class EgressDenied(Exception):
@@ -169,12 +169,16 @@ class EgressPolicy:
         return [str(ip) for ip in addresses]
 
 
-class GuardedBackend(AsyncNetworkBackend):
-    """httpcore network backend that checks the policy and connects to the checked address only."""
+class GuardedBackend(httpcore.AsyncNetworkBackend):
+    """httpcore network backend that checks the policy and connects to the checked address only.
 
-    def __init__(self, policy: EgressPolicy) -> None:
+    httpcore hands the original host name to :meth:`connect_tcp` and later to the stream's ``start_tls``, so
+    replacing the address here leaves SNI and certificate checks on the name.
+    """
+
+    def __init__(self, policy: EgressPolicy, inner: httpcore.AsyncNetworkBackend | None = None) -> None:
         self.policy = policy
-        self._inner = AutoBackend()
+        self._inner = inner or httpcore.AnyIOBackend()
 
     async def connect_tcp(
         self,
@@ -182,8 +186,8 @@ class GuardedBackend(AsyncNetworkBackend):
         port: int,
         timeout: float | None = None,
         local_address: str | None = None,
-        socket_options: Iterable[SOCKET_OPTION] | None = None,
-    ) -> AsyncNetworkStream:
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
         addresses = await self.policy.resolve(host, port)
         last: Exception | None = None
         for address in addresses:
@@ -197,28 +201,106 @@ class GuardedBackend(AsyncNetworkBackend):
         raise last
 
     async def connect_unix_socket(
-        self, path: str, timeout: float | None = None, socket_options: Iterable[SOCKET_OPTION] | None = None
-    ) -> AsyncNetworkStream:
+        self, path: str, timeout: float | None = None, socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None
+    ) -> httpcore.AsyncNetworkStream:
         raise EgressDenied("unix-socket", "outbound calls may not use unix sockets")
 
     async def sleep(self, seconds: float) -> None:
         await self._inner.sleep(seconds)
 
 
-class GuardedTransport(httpx.AsyncHTTPTransport):
-    """httpx transport whose connection pool dials through :class:`GuardedBackend`."""
+# httpcore's exceptions as httpx names them, most specific first (what httpx's own transport does).
+_EXCEPTIONS: tuple[tuple[type[Exception], type[httpx.TransportError]], ...] = (
+    (httpcore.ConnectTimeout, httpx.ConnectTimeout),
+    (httpcore.ReadTimeout, httpx.ReadTimeout),
+    (httpcore.WriteTimeout, httpx.WriteTimeout),
+    (httpcore.PoolTimeout, httpx.PoolTimeout),
+    (httpcore.TimeoutException, httpx.TimeoutException),
+    (httpcore.ConnectError, httpx.ConnectError),
+    (httpcore.ReadError, httpx.ReadError),
+    (httpcore.WriteError, httpx.WriteError),
+    (httpcore.NetworkError, httpx.NetworkError),
+    (httpcore.ProxyError, httpx.ProxyError),
+    (httpcore.UnsupportedProtocol, httpx.UnsupportedProtocol),
+    (httpcore.LocalProtocolError, httpx.LocalProtocolError),
+    (httpcore.RemoteProtocolError, httpx.RemoteProtocolError),
+    (httpcore.ProtocolError, httpx.ProtocolError),
+)
+
+
+def _as_httpx(exc: Exception, request: httpx.Request | None = None) -> Exception:
+    for core, mapped in _EXCEPTIONS:
+        if isinstance(exc, core):
+            return mapped(str(exc), request=request)
+    return exc
+
+
+class _ResponseStream(httpx.AsyncByteStream):
+    def __init__(self, stream: Any, request: httpx.Request) -> None:
+        self._stream = stream
+        self._request = request
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        try:
+            async for part in self._stream:
+                yield part
+        except Exception as exc:
+            mapped = _as_httpx(exc, self._request)
+            if mapped is exc:
+                raise
+            raise mapped from exc
+
+    async def aclose(self) -> None:
+        close = getattr(self._stream, "aclose", None)
+        if close is not None:
+            await close()
+
+
+class GuardedTransport(httpx.AsyncBaseTransport):
+    """httpx transport on an httpcore pool that dials through :class:`GuardedBackend` (public API only)."""
 
     def __init__(self, policy: EgressPolicy, limits: httpx.Limits | None = None) -> None:
         limits = limits or httpx.Limits(max_connections=100, max_keepalive_connections=20)
-        super().__init__(limits=limits, trust_env=False)
-        # Replacing the pool is the one place httpx lets a network backend in; keep its settings.
         self._pool = httpcore.AsyncConnectionPool(
             ssl_context=httpx.create_ssl_context(trust_env=False),
             max_connections=limits.max_connections,
             max_keepalive_connections=limits.max_keepalive_connections,
             keepalive_expiry=limits.keepalive_expiry,
+            http1=True,
+            http2=False,
             network_backend=GuardedBackend(policy),
         )
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        req = httpcore.Request(
+            method=request.method,
+            url=httpcore.URL(
+                scheme=request.url.raw_scheme,
+                host=request.url.raw_host,
+                port=request.url.port,
+                target=request.url.raw_path,
+            ),
+            headers=request.headers.raw,
+            content=request.stream,
+            extensions=request.extensions,
+        )
+        try:
+            resp = await self._pool.handle_async_request(req)
+        except Exception as exc:
+            mapped = _as_httpx(exc, request)
+            if mapped is exc:
+                raise
+            raise mapped from exc
+        return httpx.Response(
+            status_code=resp.status,
+            headers=resp.headers,
+            stream=_ResponseStream(resp.stream, request),
+            extensions=resp.extensions,
+            request=request,
+        )
+
+    async def aclose(self) -> None:
+        await self._pool.aclose()
 
 
 @dataclass
@@ -234,18 +316,31 @@ class OutboundResponse:
 
     @property
     def content_type(self) -> str:
-        return self.headers.get("content-type", "").split(";")[0].strip().lower()
+        ctype: str = self.headers.get("content-type", "")
+        return ctype.split(";")[0].strip().lower()
 
     def text(self) -> str:
-        return self.content.decode(_charset(self.headers), errors="replace")
+        """The body as text in its declared charset; UTF-8 (with replacement characters) when that is unknown."""
+        return decode_text(self.content, charset(self.headers))
 
 
-def _charset(headers: httpx.Headers) -> str:
-    for part in headers.get("content-type", "").split(";")[1:]:
+def charset(headers: httpx.Headers) -> str:
+    """The ``charset`` of the Content-Type header, as sent (may name no codec), or ``utf-8``."""
+    ctype: str = headers.get("content-type", "")
+    for part in ctype.split(";")[1:]:
         key, _, value = part.strip().partition("=")
         if key.lower() == "charset" and value:
-            return value.strip('"')
+            return value.strip().strip('"').strip("'")
     return "utf-8"
+
+
+def decode_text(content: bytes, encoding: str) -> str:
+    """Decode with replacement; a charset Python does not know, or one that is not a text encoding (a remote
+    server chooses it), falls back to UTF-8 instead of raising ``LookupError``."""
+    try:
+        return content.decode(encoding, errors="replace")
+    except LookupError:  # also what bytes.decode raises for a bytes-to-bytes codec such as base64
+        return content.decode("utf-8", errors="replace")
 
 
 @dataclass(frozen=True)
@@ -280,39 +375,111 @@ def check_path_value(name: str, value: str) -> None:
             raise EgressDenied("path-traversal", f"path parameter {name!r} contains a '.' or '..' segment")
 
 
+_NUMERIC_LABEL = re.compile(r"^(0x[0-9a-f]*|[0-9]+)$", re.IGNORECASE)
+
+
+def numeric_host_problem(host: str) -> str | None:
+    """Why ``host`` is refused as an IPv4 literal in a non-standard form, or None.
+
+    ``0177.0.0.1`` (octal), ``0x7f.1`` (hex, short form) and ``2130706433`` (one integer) all mean 127.0.0.1 to
+    the C resolver and to browsers, but not to Python's ``ipaddress`` or to people reading an allow-list: a
+    host whose last label is a number must be four plain decimal numbers.
+    """
+    bare = host.strip("[]").rstrip(".")
+    if not bare or ":" in bare:
+        return None
+    if not _NUMERIC_LABEL.match(bare.rsplit(".", 1)[-1]):
+        return None
+    try:
+        ipaddress.IPv4Address(bare)  # refuses leading zeros as well
+    except ValueError:
+        return (
+            f"host {host!r} is an IPv4 address in a non-standard form (octal, hex, a single integer or fewer "
+            "than four parts); write it as four decimal numbers, e.g. 127.0.0.1"
+        )
+    return None
+
+
+def parse_url(url: str | httpx.URL) -> httpx.URL:
+    """``httpx.URL(url)``, refusing URLs httpx cannot parse and hosts :func:`numeric_host_problem` refuses."""
+    if isinstance(url, httpx.URL):
+        parsed = url
+    else:
+        try:
+            parsed = httpx.URL(url)
+        except httpx.InvalidURL as exc:
+            raise EgressDenied("url", f"invalid URL {redact(url)!r}: {exc}") from None
+    problem = numeric_host_problem(parsed.host)
+    if problem:
+        raise EgressDenied("ip-literal", problem)
+    return parsed
+
+
+def redact(url: str | httpx.URL) -> str:
+    """``url`` fit to be logged or shown: user info dropped, each query value and the fragment replaced."""
+    text = str(url)
+    try:
+        parts = urlsplit(text)
+    except ValueError:
+        return text.split("?", 1)[0].split("#", 1)[0]
+    netloc = parts.netloc.rpartition("@")[2]
+    # A name=value pair keeps its name; a bare item ("?TOKEN") may be the secret itself.
+    query = "&".join(f"{pair.split('=', 1)[0]}=***" if "=" in pair else "***" for pair in parts.query.split("&"))
+    return urlunsplit((parts.scheme, netloc, parts.path, query if parts.query else "", "***" if parts.fragment else ""))
+
+
 def origin(url: str | httpx.URL) -> tuple[str, str, int | None]:
     """Scheme, host and port (httpx drops default ports), for "is this the same server?" checks."""
-    url = httpx.URL(url)
+    if not isinstance(url, httpx.URL):
+        url = httpx.URL(url)
     return url.scheme, url.host, url.port
 
 
 def same_origin(a: str, b: str) -> bool:
     """Both URLs set and on one server: where a connection's credentials may go."""
-    return bool(a) and bool(b) and origin(a) == origin(b)
+    try:
+        return bool(a) and bool(b) and origin(a) == origin(b)
+    except httpx.InvalidURL:
+        return False
+
+
+# What httpx.AsyncClient adds to every request; this client sends through the transport directly.
+DEFAULT_HEADERS = (
+    ("Accept", "*/*"),
+    ("Accept-Encoding", "gzip, deflate"),
+    ("Connection", "keep-alive"),
+    ("User-Agent", f"python-httpx/{httpx.__version__}"),
+)
 
 
 class OutboundClient:
-    """One shared, pooled ``httpx.AsyncClient`` with the policy applied to every request."""
+    """One shared connection pool with the policy applied to every request.
+
+    Requests go straight to :class:`GuardedTransport` (no ``httpx.AsyncClient``): redirects, cookies and
+    proxies are all things this client must not do on its own, and skipping the client's machinery is a
+    measurable part of a tool call's overhead.
+    """
 
     def __init__(self, policy: EgressPolicy, limits: OutboundLimits) -> None:
         self.policy = policy
         self.limits = limits
-        self._client = httpx.AsyncClient(
-            transport=GuardedTransport(policy),
-            follow_redirects=False,
-            trust_env=False,  # an env proxy would dial on our behalf, past the guard
-            timeout=httpx.Timeout(
-                limits.read_timeout_s, connect=limits.connect_timeout_s, pool=limits.connect_timeout_s
-            ),
-        )
+        self._transport = GuardedTransport(policy)
+        self._timeouts: dict[OutboundLimits, dict[str, float | None]] = {}
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        await self._transport.aclose()
+
+    def _timeout(self, lim: OutboundLimits) -> dict[str, float | None]:
+        found = self._timeouts.get(lim)
+        if found is None:
+            timeout = httpx.Timeout(lim.read_timeout_s, connect=lim.connect_timeout_s, pool=lim.connect_timeout_s)
+            found = self._timeouts[lim] = timeout.as_dict()
+        return found
 
     async def request(
         self,
         method: str,
-        url: str,
+        url: str | httpx.URL,
         *,
         headers: Mapping[str, str] | None = None,
         json: Any = None,
@@ -321,20 +488,22 @@ class OutboundClient:
     ) -> OutboundResponse:
         """Send one request: checked, retried, redirect-followed and size-capped within the total timeout.
 
-        Raises :class:`EgressDenied`, :class:`OutboundTimeout` or ``httpx.HTTPError`` (connection errors
-        after the last retry).
+        Raises :class:`EgressDenied` (also for a URL that cannot be parsed), :class:`OutboundTimeout` or
+        ``httpx.HTTPError`` (connection errors after the last retry).
         """
         lim = limits or self.limits
         method = method.upper()
-        hdrs = httpx.Headers(headers or {})
-        for name, value in hdrs.items():
+        hdrs = httpx.Headers(DEFAULT_HEADERS)
+        for name, value in (headers or {}).items():
             check_header(name, value)
+            hdrs[name] = value
         if json is not None:
             content = _json_bytes(json)
             hdrs.setdefault("content-type", "application/json")
+        target = parse_url(url)
         try:
             async with asyncio.timeout(lim.total_timeout_s):
-                return await self._follow(method, httpx.URL(url), hdrs, content, lim)
+                return await self._follow(method, target, hdrs, content, lim)
         except TimeoutError as exc:
             raise OutboundTimeout(f"no complete response within {lim.total_timeout_s:g}s") from exc
 
@@ -352,9 +521,15 @@ class OutboundClient:
                 return resp
             if len(redirects) >= lim.max_redirects:
                 raise EgressDenied("redirects", f"more than {lim.max_redirects} redirects")
-            target = httpx.URL(urljoin(str(url), location))
+            target = parse_url(urljoin(str(url), location))
             if origin(target) != origin(url):
-                headers = httpx.Headers({k: v for k, v in headers.items() if k.lower() in CROSS_ORIGIN_SAFE_HEADERS})
+                headers = httpx.Headers(
+                    {
+                        k: v
+                        for k, v in headers.items()
+                        if k.lower() in CROSS_ORIGIN_SAFE_HEADERS or k.lower() == "connection"
+                    }
+                )
             if resp.status_code == 303 or (resp.status_code in (301, 302) and method == "POST"):
                 # What browsers do: the body does not follow, and neither does its type.
                 method = "GET" if method != "HEAD" else method
@@ -386,21 +561,13 @@ class OutboundClient:
     async def _send_once(
         self, method: str, url: httpx.URL, headers: httpx.Headers, content: bytes | None, lim: OutboundLimits
     ) -> OutboundResponse:
-        request = self._client.build_request(method, url, headers=headers, content=content)
+        request = httpx.Request(
+            method, url, headers=headers, content=content, extensions={"timeout": self._timeout(lim)}
+        )
         started = time.monotonic()
-        response = await self._client.send(request, stream=True)
+        response = await self._transport.handle_async_request(request)
         try:
-            chunks: list[bytes] = []
-            size = 0
-            truncated = False
-            async for chunk in response.aiter_bytes():
-                room = lim.max_response_bytes - size
-                if len(chunk) > room:
-                    chunks.append(chunk[:room])
-                    truncated = True
-                    break
-                chunks.append(chunk)
-                size += len(chunk)
+            body, truncated = await _read_capped(response, lim.max_response_bytes)
         finally:
             await response.aclose()
         log.debug(
@@ -415,10 +582,72 @@ class OutboundClient:
         return OutboundResponse(
             status_code=response.status_code,
             headers=response.headers,
-            content=b"".join(chunks),
+            content=body,
             url=str(url),
             truncated=truncated,
         )
+
+
+class _Inflater:
+    """gzip or deflate, decoded so that no input chunk can make more than ``room`` bytes at once.
+
+    A 64 KiB chunk of a compressed run of zeros is 64 MiB decoded; httpx's decoders return it whole before any
+    cap can look at it, so the body is decoded here, with ``max_length``.
+    """
+
+    def __init__(self, encoding: str) -> None:
+        self.encoding = encoding
+        self._deflate_guess = encoding == "deflate"
+        wbits = zlib.MAX_WBITS | 16 if encoding in ("gzip", "x-gzip") else zlib.MAX_WBITS
+        self._z = zlib.decompressobj(wbits)
+
+    def decode(self, data: bytes, room: int) -> bytes:
+        try:
+            out = self._z.decompress(data, room + 1)
+        except zlib.error:
+            if not self._deflate_guess:
+                raise
+            # "deflate" is sent both with and without the zlib header (httpx's decoder tries both too).
+            self._deflate_guess = False
+            self._z = zlib.decompressobj(-zlib.MAX_WBITS)
+            return self._z.decompress(data, room + 1)
+        self._deflate_guess = False
+        return out
+
+    def flush(self, room: int) -> bytes:
+        return self._z.flush()[: room + 1]
+
+
+async def _read_capped(response: httpx.Response, cap: int) -> tuple[bytes, bool]:
+    """The decoded body, at most ``cap`` bytes; True when there was more."""
+    encodings = [e.strip().lower() for e in response.headers.get("content-encoding", "").split(",") if e.strip()]
+    encodings = [e for e in encodings if e != "identity"]
+    if len(encodings) > 1 or (encodings and encodings[0] not in ("gzip", "x-gzip", "deflate")):
+        # Only gzip and deflate are asked for (DEFAULT_HEADERS); anything else is not decoded here.
+        raise httpx.DecodingError(
+            f"unsupported Content-Encoding {response.headers.get('content-encoding')!r}", request=response.request
+        )
+    inflater = _Inflater(encodings[0]) if encodings else None
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async for raw in response.aiter_raw():
+            room = cap - size
+            chunk = inflater.decode(raw, room) if inflater is not None else raw
+            if len(chunk) > room:
+                chunks.append(chunk[:room])
+                return b"".join(chunks), True
+            chunks.append(chunk)
+            size += len(chunk)
+        if inflater is not None:
+            tail = inflater.flush(cap - size)
+            if len(tail) > cap - size:
+                chunks.append(tail[: cap - size])
+                return b"".join(chunks), True
+            chunks.append(tail)
+    except zlib.error as exc:
+        raise httpx.DecodingError(f"cannot decode the {encodings[0]} body: {exc}", request=response.request) from exc
+    return b"".join(chunks), False
 
 
 def _json_bytes(value: Any) -> bytes:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import ipaddress
+from typing import Any
 
+import httpcore
 import httpx
 import pytest
 from fastapi import FastAPI, Request
@@ -12,11 +14,16 @@ from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse,
 from executor.net import (
     EgressDenied,
     EgressPolicy,
+    GuardedBackend,
     OutboundClient,
     OutboundLimits,
+    OutboundResponse,
     check_header,
     check_path_value,
     forbidden_reason,
+    numeric_host_problem,
+    parse_url,
+    redact,
 )
 from tests.toolserver_helpers import counting_tcp_server, serve
 
@@ -214,3 +221,124 @@ async def test_requests_through_the_guard() -> None:
                 await client.request("GET", f"{base}/echo", headers={"X-Evil": "a\r\nInjected: 1"})
         finally:
             await client.aclose()
+
+
+def test_only_public_httpx_and_httpcore_names() -> None:
+    """executor/net.py must not reach into httpx's or httpcore's private modules or attributes."""
+    import ast
+    import inspect
+
+    import executor.net as net
+
+    tree = ast.parse(inspect.getsource(net))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module != "__future__":
+            assert not any(part.startswith("_") for part in node.module.split(".")), node.module
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                assert not any(part.startswith("_") for part in alias.name.split(".")), alias.name
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
+            if node.value.id in ("httpx", "httpcore"):
+                private = node.attr.startswith("_") and not node.attr.endswith("__")
+                assert not private, f"{node.value.id}.{node.attr}"
+        if isinstance(node, ast.Attribute) and node.attr == "_pool":
+            # Only our own transport's pool; never an httpx transport's.
+            assert isinstance(node.value, ast.Name) and node.value.id == "self"
+    assert not issubclass(net.GuardedTransport, httpx.AsyncHTTPTransport)
+
+
+class _Recorder(httpcore.AsyncNetworkBackend):
+    """An inner backend that records what it is asked to dial, and the TLS name, then stops the request."""
+
+    def __init__(self) -> None:
+        self.dialled: list[tuple[str, int]] = []
+        self.sni: list[str | None] = []
+
+    async def connect_tcp(self, host: str, port: int, timeout: float | None = None, local_address: str | None = None,
+                          socket_options: Any = None) -> httpcore.AsyncNetworkStream:  # fmt: skip
+        self.dialled.append((host, port))
+        recorder = self
+
+        class Stream(httpcore.AsyncNetworkStream):
+            async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+                return b""
+
+            async def write(self, buffer: bytes, timeout: float | None = None) -> None:
+                return None
+
+            async def aclose(self) -> None:
+                return None
+
+            async def start_tls(self, ssl_context: Any, server_hostname: str | None = None,
+                                timeout: float | None = None) -> httpcore.AsyncNetworkStream:  # fmt: skip
+                recorder.sni.append(server_hostname)
+                raise httpcore.ConnectError("recorded; stopping here")
+
+        return Stream()
+
+    async def sleep(self, seconds: float) -> None:
+        return None
+
+
+async def test_the_checked_address_is_dialled_and_tls_keeps_the_name() -> None:
+    inner = _Recorder()
+    backend = GuardedBackend(EgressPolicy.from_entries(["localhost"]), inner=inner)
+    pool = httpcore.AsyncConnectionPool(network_backend=backend, ssl_context=httpx.create_ssl_context())
+    async with pool:
+        with pytest.raises(httpcore.ConnectError, match="recorded"):
+            await pool.request("GET", "https://localhost:8443/x")
+    assert inner.dialled[0] in (("127.0.0.1", 8443), ("::1", 8443))
+    assert inner.sni == ["localhost"]
+    # A forbidden name is refused before the inner backend is asked for anything.
+    inner.dialled.clear()
+    refusing = httpcore.AsyncConnectionPool(network_backend=GuardedBackend(EgressPolicy(), inner=inner))
+    async with refusing:
+        with pytest.raises(EgressDenied):
+            await refusing.request("GET", "http://localhost:8080/")
+    assert inner.dialled == []
+
+
+def test_unknown_charset_falls_back_to_utf8() -> None:
+    for ctype in ("application/json; charset=x-unknown", "text/plain; charset=base64", 'text/plain; charset="x"'):
+        resp = OutboundResponse(200, httpx.Headers({"content-type": ctype}), "héllo \xff".encode(), "http://h/")
+        assert resp.text() == "héllo ÿ"
+    resp = OutboundResponse(200, httpx.Headers({"content-type": "text/plain; charset=latin-1"}), b"\xe9", "http://h/")
+    assert resp.text() == "é"
+
+
+@pytest.mark.parametrize(
+    "host", ["0177.0.0.1", "0x7f.1", "0x7f000001", "2130706433", "127.1", "127.0.0.01", "1.2.3.4.5", "a.b.0x1"]
+)
+def test_non_standard_ipv4_hosts_are_refused(host: str) -> None:
+    assert numeric_host_problem(host) is not None
+    with pytest.raises(EgressDenied) as err:
+        parse_url(f"http://{host}/x")
+    assert err.value.rule in ("ip-literal", "url")
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "example.com", "0x7f.example.com", "[::1]", "10.0.0.1.", "a1"])
+def test_ordinary_hosts_pass(host: str) -> None:
+    assert numeric_host_problem(host) is None
+
+
+async def test_bad_urls_and_redirect_targets_are_refused_by_name() -> None:
+    app = _app()
+    async with serve(app) as base:
+        client = OutboundClient(EgressPolicy.from_entries(["127.0.0.1"]), LIMITS)
+        try:
+            for url in ("http://0177.0.0.1/", "http://2130706433/", "http://h:99999999/"):
+                with pytest.raises(EgressDenied):
+                    await client.request("GET", url)
+            with pytest.raises(EgressDenied) as err:
+                await client.request("GET", f"{base}/redirect?to=http://0x7f.1/")
+            assert err.value.rule == "ip-literal"
+        finally:
+            await client.aclose()
+
+
+def test_redact() -> None:
+    assert redact("https://u:p@h.example/spec.json?api_key=s3cret&x=1#frag") == (
+        "https://h.example/spec.json?api_key=***&x=***#***"
+    )
+    assert redact("http://h/a") == "http://h/a"
+    assert "s3cret" not in redact("http://h/?s3cret")

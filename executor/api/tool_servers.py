@@ -2,19 +2,57 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable, Coroutine
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Header, Request
+from fastapi import APIRouter, Body, Header, Request, Response
+from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException  # what FastAPI raises; fastapi.HTTPException subclasses it
 
 from executor.access import identity as headers
 from executor.access.principal import EndUser, Principal
 from executor.api.deps import AdminPrincipal, CurrentPrincipal
+from executor.errors import Invalid
 from executor.openapi.models import Connection, server_id, unmask
 from executor.openapi.service import TOKEN_HEADER, ToolServerService
 from executor.toolresult import ToolResult
 
-router = APIRouter(prefix="/api/v1", tags=["tool servers"])
+
+class NamedBodyErrors(APIRoute):
+    """FastAPI answers a body it cannot parse with a bare 400 ("There was an error parsing the body"); here the
+    likely cause is a document nested deeper than Python's JSON parser allows (an inline spec, say): name it.
+
+    Only the failure path reads the body again; a request FastAPI parsed costs nothing extra.
+    """
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def route(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except HTTPException as exc:
+                if exc.status_code != 400:
+                    raise
+                try:
+                    json.loads(await request.body())
+                except RecursionError:
+                    raise Invalid(
+                        "body_too_deep",
+                        "the request body nests too deep to parse (Python's JSON parser stops near 1000 levels; "
+                        "a spec may nest at most 100)",
+                        field="body",
+                    ) from None
+                except ValueError as bad:
+                    raise Invalid("bad_json", f"the request body is not valid JSON: {bad}", field="body") from None
+                raise
+
+        return route
+
+
+router = APIRouter(prefix="/api/v1", tags=["tool servers"], route_class=NamedBodyErrors)
 
 
 class ToolServerConnections(BaseModel):
@@ -133,9 +171,9 @@ async def call_tool_server(
             "session, system_oauth or oauth_2.1.",
         ),
     ] = None,
-) -> ToolResult:
+) -> Response:
     """Call one operation with the connection's credentials, at ``{connection url}{operation path}``."""
-    return await _service(request).call(
+    result = await _service(request).call(
         server_id,
         operation_id,
         body.arguments,
@@ -143,3 +181,5 @@ async def call_tool_server(
         token=token,
         identity=template_values(request, principal, body),
     )
+    # Dumped once, here: FastAPI would validate the model it was just given again, then encode it.
+    return Response(result.model_dump_json(), media_type="application/json")

@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 from pydantic import ValidationError
@@ -17,11 +18,20 @@ from pydantic import ValidationError
 from executor.access.audit import AuditLog
 from executor.access.grants import has_access
 from executor.access.principal import Principal
-from executor.errors import ApiError, Conflict, NotFound, RateLimited
-from executor.net import EgressDenied, EgressPolicy, OutboundClient, OutboundLimits, OutboundTimeout, same_origin
-from executor.openapi.call import build_request, error_result, fill_template, to_result
+from executor.errors import BadGateway, Conflict, Invalid, NotFound, RateLimited, Unauthenticated, Unprocessable
+from executor.net import (
+    EgressDenied,
+    EgressPolicy,
+    OutboundClient,
+    OutboundLimits,
+    OutboundTimeout,
+    numeric_host_problem,
+    redact,
+    same_origin,
+)
+from executor.openapi.call import build_request, error_result, fill_template, to_result, too_deep
 from executor.openapi.convert import Operation
-from executor.openapi.document import SpecError
+from executor.openapi.document import MAX_SPEC_DEPTH, SpecError, measure
 from executor.openapi.load import PreparedSpec, prepare_async
 from executor.openapi.models import Connection, ToolServerConfigRow, server_id
 from executor.openapi.ratelimit import RateLimiter, retry_after
@@ -65,9 +75,66 @@ def spec_url(conn: Connection) -> str:
     return conn.url.rstrip("/") + path
 
 
+def check_connection(conn: Connection, where: str = "") -> None:
+    """Refuse what would fail later, at every request that uses it: raise :class:`Invalid` naming the field.
+
+    A host in a non-standard IPv4 form, and an inline spec object past the node or depth limits (a deep one
+    cannot even be stored: every encoder on the way recurses).
+    """
+    prefix = f"{where}." if where else ""
+    for name in ("url", "path"):
+        value = getattr(conn, name)
+        if name == "path" and "://" not in value:
+            continue
+        try:
+            host = urlsplit(value).hostname or ""
+        except ValueError:
+            raise Invalid("bad_url", f"{prefix}{name} is not a URL", field=f"{prefix}{name}") from None
+        problem = numeric_host_problem(host)
+        if problem:
+            raise Invalid("ambiguous_host", f"{prefix}{name}: {problem}", field=f"{prefix}{name}")
+    if isinstance(conn.spec, dict):
+        try:
+            measure(conn.spec)
+        except SpecError as exc:
+            raise Invalid(exc.code, f"{prefix}spec: {exc.message}", field=f"{prefix}spec") from None
+    # Unknown fields are kept for round trips: they must not nest deeper than a spec may.
+    for place, extra in (
+        ("", conn.model_extra),
+        ("config.", conn.config.model_extra),
+        ("info.", conn.info.model_extra),
+    ):
+        for key, value in (extra or {}).items():
+            if too_deep(value, MAX_SPEC_DEPTH):
+                field = f"{prefix}{place}{key}"
+                raise Invalid("too_deep", f"{field} nests deeper than {MAX_SPEC_DEPTH} levels", field=field)
+
+
 def _fingerprint(conn: Connection) -> str:
+    # Connections are replaced, never changed in place: one fingerprint per object (an inline spec can be large).
+    cached = _FINGERPRINTS.get(id(conn))
+    if cached is not None and cached[0] is conn:
+        return cached[1]
+    if len(_FINGERPRINTS) > 4096:
+        _FINGERPRINTS.clear()
     data = json.dumps([conn.url, conn.path, conn.spec_type, conn.spec, conn.auth_type, conn.key], default=str)
-    return hashlib.sha256(data.encode()).hexdigest()
+    fingerprint = hashlib.sha256(data.encode()).hexdigest()
+    _FINGERPRINTS[id(conn)] = (conn, fingerprint)
+    return fingerprint
+
+
+_FINGERPRINTS: dict[int, tuple[Connection, str]] = {}
+
+
+def shown_url(conn: Connection, principal: Principal) -> str:
+    """The connection's URL as a principal may see it: in full for admins, without query or user info for others."""
+    url = conn.url.rstrip("/")
+    return url if principal.is_admin else redact(url)
+
+
+def _scrub(message: str, url: str) -> str:
+    # A library's error text may quote the URL it was given; never with its query.
+    return message.replace(url, redact(url)) if url else message
 
 
 def _server_of(tool_id: str) -> str:
@@ -100,6 +167,9 @@ class ToolServerService:
             max_redirects=settings.tool_server_max_redirects,
             max_response_bytes=settings.tool_server_max_response_bytes,
         )
+        # What one call may return, encoded: the body cap with room for base64 (4/3) and ordinary escapes; text
+        # that escapes worse (control characters: 6 bytes each) is cut to fit.
+        self.max_result_bytes = 2 * self.limits.max_response_bytes
         self.client: OutboundClient | None = None
         self.connections: list[Connection] = []
         self._cache: dict[str, SpecEntry] = {}
@@ -120,11 +190,16 @@ class ToolServerService:
         self.connections = []
         for i, item in enumerate(raw):
             try:
-                self.connections.append(Connection.model_validate(item))
+                connection = Connection.model_validate(item)
+                check_connection(connection)
             except ValidationError as exc:
                 # Only field locations and messages: the input itself may hold a key.
                 problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
                 log.error("tool server connection %d ignored: %s", i, problems)
+            except Invalid as exc:
+                log.error("tool server connection %d ignored: %s", i, exc.message)
+            else:
+                self.connections.append(connection)
         private = [server_id(c, i) for i, c in enumerate(self.connections) if not c.config.access_grants]
         if private:
             # The first thing a user key will not see: say why once, where the admin looks.
@@ -143,12 +218,13 @@ class ToolServerService:
 
     async def save(self, connections: list[Connection]) -> None:
         """Persist the list and drop cached specs of connections that changed."""
+        for i, conn in enumerate(connections):
+            check_connection(conn, f"TOOL_SERVER_CONNECTIONS[{i}]")
         ids = [server_id(c, i) for i, c in enumerate(connections)]
         dupes = sorted({i for i in ids if ids.count(i) > 1})
         if dupes:
             idx = ids.index(dupes[0], ids.index(dupes[0]) + 1)
-            raise ApiError(
-                422,
+            raise Unprocessable(
                 "duplicate_id",
                 f"two connections have the id {dupes[0]!r}",
                 field=f"TOOL_SERVER_CONNECTIONS[{idx}].info.id",
@@ -189,6 +265,7 @@ class ToolServerService:
             return conn.spec or "", None, None
         assert self.client is not None, "ToolServerService.start() was not called"
         url = spec_url(conn)
+        shown = redact(url)  # what errors (cached, shown to every reader) and logs may say: no query, no user info
         headers = {"Accept": "application/json, application/yaml;q=0.9, */*;q=0.5"}
         # The key belongs to the connection's server: a spec path on another origin is fetched without it.
         if conn.auth_type == "bearer" and conn.key and same_origin(url, conn.url):
@@ -203,15 +280,15 @@ class ToolServerService:
         except EgressDenied as exc:
             raise SpecError("egress_denied", f"{exc.message} [rule: {exc.rule}]") from None
         except OutboundTimeout as exc:
-            raise SpecError("timeout", f"{url}: {exc}") from None
+            raise SpecError("timeout", f"{shown}: {exc}") from None
         except httpx.HTTPError as exc:
-            raise SpecError("unreachable", f"{url}: {type(exc).__name__}: {exc}") from None
+            raise SpecError("unreachable", f"{shown}: {type(exc).__name__}: {_scrub(str(exc), url)}") from None
         if resp.status_code == 304 and previous is not None:
             return None, previous.etag, previous.last_modified
         if resp.status_code in (401, 403):
-            raise SpecError("auth_refused", f"{url} answered HTTP {resp.status_code}: check key and auth_type")
+            raise SpecError("auth_refused", f"{shown} answered HTTP {resp.status_code}: check key and auth_type")
         if resp.status_code != 200:
-            raise SpecError("http_error", f"{url} answered HTTP {resp.status_code}")
+            raise SpecError("http_error", f"{shown} answered HTTP {resp.status_code}")
         if resp.truncated:
             raise SpecError("too_large", f"the spec is larger than {self.limits.max_response_bytes} bytes")
         return resp.content, resp.headers.get("etag"), resp.headers.get("last-modified")
@@ -251,14 +328,15 @@ class ToolServerService:
             return entry
 
     async def verify(self, conn: Connection) -> dict[str, Any]:
-        """Fetch and check one connection without saving it; raise ApiError(400) naming the problem."""
+        """Fetch and check one connection without saving it; raise :class:`Invalid` (400) naming the problem."""
+        check_connection(conn)
         try:
             raw, _, _ = await self.fetch_spec(conn)
             assert raw is not None
             prepared = await self._prepare(raw)
         except SpecError as exc:
             field = "spec" if conn.spec_type == "json" else "url"
-            raise ApiError(400, exc.code, exc.message, field=field) from None
+            raise Invalid(exc.code, exc.message, field=field) from None
         spec = prepared.spec
         return {"ok": True, "info": spec.get("info", {}), "openapi": spec.get("openapi"), "operations": prepared.count}
 
@@ -271,7 +349,7 @@ class ToolServerService:
                 "id": sid,
                 "idx": idx,
                 "type": conn.type,
-                "url": conn.url.rstrip("/"),
+                "url": shown_url(conn, principal),
                 "name": conn.info.name,
                 "description": conn.info.description,
                 "status": "ok",
@@ -302,11 +380,11 @@ class ToolServerService:
             raise Conflict("tool_server_disabled", f"tool server {ident!r} is disabled")
         entry = await self.load(ident, conn)
         if entry.error is not None:
-            raise ApiError(502, entry.error.code, f"tool server {ident!r}: {entry.error.message}")
+            raise BadGateway(entry.error.code, f"tool server {ident!r}: {entry.error.message}")
         return {
             "id": ident,
             "idx": idx,
-            "url": conn.url.rstrip("/"),
+            "url": shown_url(conn, principal),
             "info": (entry.spec or {}).get("info") or {},
             "specs": [op.payload for op in entry.ops if offered(conn, op)],
         }
@@ -371,8 +449,7 @@ class ToolServerService:
             headers["Authorization"] = f"Bearer {conn.key}"
         elif conn.auth_type in TOKEN_AUTH_TYPES:
             if not token:
-                raise ApiError(
-                    401,
+                raise Unauthenticated(
                     "token_required",
                     f"tool server auth_type {conn.auth_type!r} needs the caller's token in {TOKEN_HEADER}",
                     field=TOKEN_HEADER,
@@ -406,7 +483,7 @@ class ToolServerService:
             raise Conflict("tool_server_disabled", f"tool server {ident!r} is disabled")
         entry = await self.load(ident, conn)
         if entry.error is not None:
-            raise ApiError(502, entry.error.code, f"tool server {ident!r}: {entry.error.message}")
+            raise BadGateway(entry.error.code, f"tool server {ident!r}: {entry.error.message}")
         op = next((o for o in entry.ops if o.operation_id == operation_id and offered(conn, o)), None)
         if op is None:
             raise NotFound("operation_not_found", f"tool server {ident!r} has no operation {operation_id!r}")
@@ -426,10 +503,13 @@ class ToolServerService:
         except OutboundTimeout as exc:
             result = error_result("Timeout", str(exc), started, datetime.now(UTC))
         except httpx.HTTPError as exc:
-            result = error_result("ConnectionError", f"{type(exc).__name__}: {exc}", started, datetime.now(UTC))
+            message = f"{type(exc).__name__}: {_scrub(str(exc), str(prepared.url))}"
+            result = error_result("ConnectionError", message, started, datetime.now(UTC))
         else:
             log.info("tool server %s: %s -> HTTP %d", ident, operation_id, resp.status_code)
-            result = to_result(resp, started, datetime.now(UTC), function_name=operation_id)
+            result = to_result(
+                resp, started, datetime.now(UTC), function_name=operation_id, max_bytes=self.max_result_bytes
+            )
         self.audit.record(
             "tool_call",
             "tool_server.call",
