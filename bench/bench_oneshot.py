@@ -154,7 +154,8 @@ async def main() -> None:
         cleanup(tmp)
 
     print(f"\none-shot, {args.backend} backend, pool {args.pool}, burst {args.burst_size}; {machine_note()}")
-    print("peer: stock jupyter server, local kernels (POST /api/kernels + websocket execute + DELETE)\n")
+    print("peer: stock jupyter server, local kernels (POST /api/kernels + websocket execute + DELETE)")
+    print("p50 x, p90 x: service / peer (below 1: the service is faster)\n")
     rows = []
     for name in CELLS:
         for mode in ("paced", "burst"):
