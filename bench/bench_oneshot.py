@@ -1,11 +1,12 @@
 """One-shot runs (``POST /api/v1/execute``), paced and in bursts, beside a stock Jupyter server in the same run.
 
     .venv/bin/python bench/bench_oneshot.py [--backend local|docker] [--paced 10] [--bursts 2] [--burst-size 10]
-                                            [--pool 2] [--colds 8] [--quick] [--no-peer]
+                                            [--pool 2] [--colds 8] [--parallel] [--quick] [--no-peer]
 
 Cells: ``print(1)`` and a plot (matplotlib, one line plot, ``plt.show()``).
 - paced: one run at a time, each after the pool is full again and a short pause (the pool's best case);
-- burst: ``--burst-size`` runs back to back, each sent as soon as the previous answered (the pool drains);
+- burst: ``--burst-size`` runs back to back, each sent as soon as the previous answered (the pool drains), or
+  with ``--parallel`` all sent at once;
 - peer: a stock ``jupyter server`` (scratch venv, see bench/README.md) doing the same work the way a chat backend
   does: ``POST /api/kernels``, execute over the websocket until reply and idle, ``DELETE /api/kernels/{id}``;
 - floor: a plain cold start, ``POST /api/v1/sessions`` on a service with pool size 0 (and a one-shot there: the
@@ -20,7 +21,10 @@ import argparse
 import asyncio
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 from benchlib import (
     PLOT,
@@ -74,6 +78,15 @@ async def floor(tmp: Path, args: argparse.Namespace) -> dict[str, list[float]]:
     return out
 
 
+async def burst(
+    args: argparse.Namespace, run: Callable[[], Awaitable[tuple[float, dict[str, Any]]]]
+) -> list[tuple[float, dict[str, Any]]]:
+    """``--burst-size`` runs back to back (each when the previous answered), or all at once with --parallel."""
+    if args.parallel:
+        return list(await asyncio.gather(*(run() for _ in range(args.burst_size))))
+    return [await run() for _ in range(args.burst_size)]
+
+
 async def measure(tmp: Path, args: argparse.Namespace) -> dict[tuple[str, str, str], list[float]]:
     """(side, cell, mode) -> seconds per run."""
     svc = Service(tmp / "pooled", backend=args.backend, pool_size=args.pool)
@@ -111,14 +124,12 @@ async def measure(tmp: Path, args: argparse.Namespace) -> dict[tuple[str, str, s
                             samples.setdefault(("peer", name, "paced"), []).append(elapsed)
                     for _ in range(args.bursts):
                         await quiet()
-                        for _ in range(args.burst_size):
-                            elapsed, res = await one_shot(c, code)
+                        for elapsed, res in await burst(args, partial(one_shot, c, code)):
                             check(name, res)
                             samples.setdefault(("service", name, "burst"), []).append(elapsed)
                         if peer is not None and pc is not None:
                             await quiet()
-                            for _ in range(args.burst_size):
-                                elapsed, _got = await peer.run(pc, code)
+                            for elapsed, _got in await burst(args, partial(peer.run, pc, code)):
                                 samples.setdefault(("peer", name, "burst"), []).append(elapsed)
             finally:
                 if pc is not None:
@@ -136,6 +147,7 @@ async def main() -> None:
     parser.add_argument("--paced", type=int, default=10, help="paced runs per cell")
     parser.add_argument("--bursts", type=int, default=2, help="bursts per cell")
     parser.add_argument("--burst-size", type=int, default=10)
+    parser.add_argument("--parallel", action="store_true", help="send a burst's runs all at once")
     parser.add_argument("--pool", type=int, default=2, help="EXECUTOR_POOL_SIZE of the measured service")
     parser.add_argument("--colds", type=int, default=8, help="cold creates (pool 0) for the floor")
     parser.add_argument("--pause", type=float, default=0.5, help="seconds after the pool is full again")
@@ -153,8 +165,14 @@ async def main() -> None:
     finally:
         cleanup(tmp)
 
-    print(f"\none-shot, {args.backend} backend, pool {args.pool}, burst {args.burst_size}; {machine_note()}")
-    print("peer: stock jupyter server, local kernels (POST /api/kernels + websocket execute + DELETE)")
+    print(
+        f"\none-shot, {args.backend} backend, pool {args.pool}, burst {args.burst_size}"
+        f"{' at once' if args.parallel else ' back to back'}; {machine_note()}"
+    )
+    if args.no_peer:
+        print("peer: none (--no-peer)")
+    else:
+        print("peer: stock jupyter server, local kernels (POST /api/kernels + websocket execute + DELETE)")
     print("p50 x, p90 x: service / peer (below 1: the service is faster)\n")
     rows = []
     for name in CELLS:
