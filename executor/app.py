@@ -10,7 +10,8 @@ from fastapi import FastAPI
 
 from executor import errors
 from executor.access.service import Access
-from executor.api import access, health, sessions, tool_servers, tools
+from executor.accesslog import AccessLogMiddleware
+from executor.api import access, docs, health, sessions, tool_servers, tools
 from executor.openapi.service import ToolServerService
 from executor.sessions import SessionManager
 from executor.settings import Settings
@@ -110,8 +111,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         summary="Sandboxed code-and-tool execution for chat backends",
         lifespan=lifespan,
+        docs_url=None,  # docs.install serves /docs and /redoc without a CDN
+        redoc_url=None,
     )
     app.state.settings = settings
+    app.add_middleware(AccessLogMiddleware)
+    docs.install(app)
     errors.install(app)
     app.include_router(health.router)
     app.include_router(sessions.router)

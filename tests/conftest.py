@@ -42,22 +42,24 @@ def data_dir(tmp_path: Path) -> Path:
     return tmp_path / "data"
 
 
-def docker_problem() -> str | None:
-    """Why Docker tests cannot run here, or None when an engine answers and the sandbox image is present."""
+def docker_problem(image: str | None = DOCKER_IMAGE) -> str | None:
+    """Why Docker tests cannot run here, or None when an engine answers and the sandbox image (unless None) is
+    present."""
     try:
         import docker
 
         client = docker.from_env(timeout=10)
         client.ping()
-        client.images.get(DOCKER_IMAGE)
+        if image is not None:
+            client.images.get(image)
     except Exception as exc:
         return f"{type(exc).__name__}: {exc}"
     return None
 
 
-def require_docker() -> None:
+def require_docker(image: str | None = DOCKER_IMAGE) -> None:
     """Skip outside CI, fail in CI (CI=true): there, every Docker test must run."""
-    problem = docker_problem()
+    problem = docker_problem(image)
     if problem is None:
         return
     message = f"Docker is not usable ({problem}); run scripts/docker-engine and images/build"

@@ -16,6 +16,7 @@ from tests.conftest import (
     Service,
     fork_bomb,
     labeled_containers,
+    require_docker,
     run,
     start_service,
     stop_service,
@@ -242,12 +243,20 @@ async def test_backend_not_allowed_names_the_field(client: httpx.AsyncClient) ->
     assert r.status_code == 400 and r.json()["field"] == "backend"
 
 
-def test_a_missing_image_or_engine_says_how_to_fix_it(tmp_path, monkeypatch) -> None:
+def test_a_missing_image_says_how_to_fix_it(tmp_path) -> None:
     from sandboxes.base import SandboxError
     from sandboxes.docker import DockerBackend, DockerConfig
 
+    require_docker(image=None)  # an engine is needed, the sandbox image is not
     with pytest.raises(SandboxError, match="images/build"):
         DockerBackend(DockerConfig(data_dir=tmp_path, instance="x", image="executor-sandbox:no-such-tag"))
+
+
+def test_a_missing_engine_says_how_to_fix_it(tmp_path, monkeypatch) -> None:
+    """Needs no engine at all: it points the client at a socket that does not exist."""
+    from sandboxes.base import SandboxError
+    from sandboxes.docker import DockerBackend, DockerConfig
+
     monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")
     with pytest.raises(SandboxError, match="start dockerd"):
         DockerBackend(DockerConfig(data_dir=tmp_path, instance="x"))
