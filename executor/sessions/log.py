@@ -103,8 +103,11 @@ class ExecutionLog:
         if self.closed:
             return False
         if name not in LIFECYCLE:
+            if self.truncated:
+                self.dropped_events += 1
+                return False
             cost = payload_size(payload)
-            if self.truncated or self.size + cost > self.budget_bytes:
+            if self.size + cost > self.budget_bytes:
                 self.dropped_events += 1
                 if not self.truncated:
                     self.truncated = True
