@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import cast
 
 from fastapi import FastAPI
 
@@ -29,48 +30,61 @@ def make_backend(settings: Settings, name: str | None = None) -> Backend:
     if name == "docker":
         from sandboxes.docker import DockerBackend, DockerConfig
 
-        return DockerBackend(
-            DockerConfig(
+        # cast: the Backend protocol gained start(keep=), workdir_of and discard before this backend (the kernel
+        # layer) implements them; the session manager copes with one that does not yet.
+        return cast(
+            "Backend",
+            DockerBackend(
+                DockerConfig(
+                    data_dir=settings.data_dir,
+                    run_dir=settings.run_dir,
+                    instance=instance_id(settings.data_dir),
+                    image=settings.docker_image,
+                    runtime=settings.docker_runtime,
+                    work_dir_size_mb=settings.work_dir_size_mb,
+                    start_timeout_s=settings.kernel_start_timeout_s,
+                )
+            ),
+        )
+    return cast(
+        "Backend",
+        LocalBackend(
+            LocalConfig(
                 data_dir=settings.data_dir,
                 run_dir=settings.run_dir,
-                instance=instance_id(settings.data_dir),
-                image=settings.docker_image,
-                runtime=settings.docker_runtime,
-                work_dir_size_mb=settings.work_dir_size_mb,
+                cache_dir=settings.cache_dir,
+                allow_unjailed=settings.allow_unjailed,
+                uid_base=settings.sandbox_uid_base,
+                uid_count=settings.sandbox_uid_count,
+                use_cgroups=settings.use_cgroups,
                 start_timeout_s=settings.kernel_start_timeout_s,
             )
-        )
-    return LocalBackend(
-        LocalConfig(
-            data_dir=settings.data_dir,
-            run_dir=settings.run_dir,
-            cache_dir=settings.cache_dir,
-            allow_unjailed=settings.allow_unjailed,
-            uid_base=settings.sandbox_uid_base,
-            uid_count=settings.sandbox_uid_count,
-            use_cgroups=settings.use_cgroups,
-            start_timeout_s=settings.kernel_start_timeout_s,
-        )
+        ),
     )
 
 
-async def start_backends(settings: Settings) -> tuple[dict[str, Backend], dict[str, str]]:
-    """Start the default backend (its failure stops the service) and every other allowed one that can run."""
+def make_backends(settings: Settings) -> tuple[dict[str, Backend], dict[str, str]]:
+    """The default backend (its failure stops the service) and every other allowed one that can be made; the
+    others are listed with why. Nothing is started: the session manager starts them (it knows what to keep)."""
     backends: dict[str, Backend] = {}
     unavailable: dict[str, str] = {}
     for name in settings.backends:
         try:
-            backend = make_backend(settings, name)
+            backends[name] = make_backend(settings, name)
         except SandboxError as exc:
             if name == settings.backend:
                 raise
             log.warning("backend %s unavailable: %s", name, exc)
             unavailable[name] = str(exc)
-            continue
-        reaped = await backend.start()
-        log.info("backend %s ready (%s); removed from an earlier run: %s", name, backend.describe(), reaped)
-        backends[name] = backend
     return backends, unavailable
+
+
+async def _logged(what: str, stop: Callable[[], Awaitable[None]]) -> None:
+    # One part failing to stop must not keep the others running: log it and go on with the rest.
+    try:
+        await stop()
+    except Exception:
+        log.exception("stopping %s failed", what)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -79,32 +93,32 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
-        settings.data_dir.chmod(0o700)
-        store = Store(settings.db_url)
-        await store.create_all()
-        guard = Access(settings, store)
-        await guard.start()
-        app.state.access = guard
-        app.state.audit = guard.audit
-        backends, unavailable = await start_backends(settings)
-        manager = SessionManager(settings, store, backends, unavailable)
-        await manager.start()
-        servers = ToolServerService(settings, store, guard.audit)
-        await servers.start()
-        app.state.store = store
-        app.state.backends = backends
-        app.state.sessions = manager
-        app.state.tool_servers = servers
-        try:
+        # Each part is registered for stopping as soon as it has started, so a failure half-way through
+        # start-up stops what already started (in reverse order), as a normal shutdown does.
+        async with AsyncExitStack() as stack:
+            settings.data_dir.mkdir(parents=True, exist_ok=True)
+            settings.data_dir.chmod(0o700)
+            store = Store(settings.db_url)
+            stack.push_async_callback(_logged, "the store", store.close)
+            await store.create_all()
+            guard = Access(settings, store)
+            await guard.start()
+            stack.push_async_callback(_logged, "access", guard.close)
+            app.state.access = guard
+            app.state.audit = guard.audit
+            backends, unavailable = make_backends(settings)
+            manager = SessionManager(settings, store, backends, unavailable)
+            # Registered before it starts: stop() stops the backends that did start if start() fails.
+            stack.push_async_callback(_logged, "the sessions and backends", manager.stop)
+            await manager.start()
+            servers = ToolServerService(settings, store, guard.audit)
+            await servers.start()
+            stack.push_async_callback(_logged, "the tool servers", servers.close)
+            app.state.store = store
+            app.state.backends = backends
+            app.state.sessions = manager
+            app.state.tool_servers = servers
             yield
-        finally:
-            await servers.close()
-            await manager.stop()
-            for backend in backends.values():
-                await backend.stop()
-            await guard.close()
-            await store.close()
 
     app = FastAPI(
         title="executor",

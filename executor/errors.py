@@ -107,10 +107,6 @@ class ApiError(Exception):
         self.headers = headers
 
 
-def not_found(what: str, ident: str) -> ApiError:
-    return ApiError(404, f"{what}_not_found", f"{what} {ident!r} does not exist")
-
-
 def _body(code: str, message: str, field: str | None) -> dict[str, Any]:
     return {"detail": message, "error": code, "field": field}
 

@@ -105,6 +105,18 @@ class Settings(BaseSettings):
         ge=64,
         description="Names a work-dir scan looks at before it stops (and says the listing is incomplete).",
     )
+    max_execution_log_bytes: int | None = Field(
+        None,
+        ge=1024,
+        description="Cap on the events one execution keeps for streaming (SSE); past it one 'truncated' event. "
+        "Default 2 x max_stream_bytes + max_outputs_bytes.",
+    )
+    one_shot_max_files_bytes: int = Field(
+        8 << 20, ge=0, description="Cap on the files a one-shot POST /api/v1/execute returns inline; past it 413."
+    )
+    cancel_grace_s: float = Field(
+        5, gt=0, description="How long cancel interrupts a cell before it kills the kernel (the session is dead)."
+    )
     max_upload_mb: int = Field(100, ge=1, description="Largest upload.")
     cull_interval_s: float = Field(15, gt=0, description="How often idle sessions are looked for.")
     kernel_start_timeout_s: float = Field(30, gt=0, description="How long a kernel may take to start.")

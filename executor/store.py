@@ -6,12 +6,28 @@ every execution's final result, so a client polling after a restart still gets a
 
 from __future__ import annotations
 
+import json
+import logging
+from collections.abc import Collection
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, String, Text, event, select, text, update
+from sqlalchemy import JSON, Connection, DateTime, String, Text, event, insert, inspect, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+log = logging.getLogger(__name__)
+
+
+class RawJSON(str):
+    """JSON text already encoded (a result dumped once by pydantic): written to a JSON column as is."""
+
+
+def _json_dumps(value: Any) -> str:
+    # The engine's JSON serializer: pre-encoded results pass through, so a result is dumped once, not twice.
+    if isinstance(value, RawJSON):
+        return str(value)
+    return json.dumps(value)
 
 
 class Base(DeclarativeBase):
@@ -30,6 +46,14 @@ class SessionRow(Base):
     ttl_s: Mapped[int]
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # Which sandbox ran it, and the backend's own name for it (a container id): an operator maps a container to
+    # its session with these, and a restart after a crash finds the files of the sessions that were live.
+    sandbox_id: Mapped[str | None] = mapped_column(String(64), nullable=True, default=None)
+    ref: Mapped[str | None] = mapped_column(String(128), nullable=True, default=None)
+
+
+# Columns added after the first release: added to an existing table at start (``Store.create_all``).
+_ADDED_COLUMNS = {"sessions": {"sandbox_id": "VARCHAR(64)", "ref": "VARCHAR(128)"}}
 
 
 class ExecutionRow(Base):
@@ -52,14 +76,16 @@ class Store:
     def __init__(self, url: str) -> None:
         self.url = url
         # hide_parameters: bound values (keys, tokens) must never reach logs, whatever the log level.
-        self.engine: AsyncEngine = create_async_engine(url, hide_parameters=True)
+        self.engine: AsyncEngine = create_async_engine(url, hide_parameters=True, json_serializer=_json_dumps)
         if url.startswith("sqlite"):
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
         self.sessionmaker = async_sessionmaker(self.engine, expire_on_commit=False)
 
     async def create_all(self) -> None:
+        """Create missing tables, and add the columns newer versions added to tables an older one made."""
         async with self.engine.begin() as conn:
             await conn.run_sync(Base.metadata.create_all)
+            await conn.run_sync(_add_missing_columns)
 
     async def close(self) -> None:
         await self.engine.dispose()
@@ -76,6 +102,16 @@ class Store:
         """Insert many new rows in one transaction (one executemany, no lookups)."""
         async with self.sessionmaker() as db, db.begin():
             db.add_all(rows)
+
+    async def insert_session(self, row: SessionRow) -> None:
+        """Insert a new session row."""
+        async with self.sessionmaker() as db, db.begin():
+            db.add(row)
+
+    async def insert_executions(self, rows: list[dict[str, Any]]) -> None:
+        """Insert finished executions (column values, ``result`` possibly RawJSON) in one executemany."""
+        async with self.engine.begin() as conn:
+            await conn.execute(insert(ExecutionRow), rows)
 
     async def set_session_status(self, session_id: str, status: str, reason: str | None = None) -> None:
         async with self.sessionmaker() as db, db.begin():
@@ -94,6 +130,34 @@ class Store:
         async with self.sessionmaker() as db:
             return await db.get(ExecutionRow, execution_id)
 
+    async def restorable_sessions(self, restarted_reason: str, now: datetime) -> list[SessionRow]:
+        """Sessions an earlier run left live (its kernels died with it), and those an earlier restart already
+        reported dead with ``restarted_reason`` whose time is not up: their files may still be kept."""
+        async with self.sessionmaker() as db:
+            rows = await db.scalars(
+                select(SessionRow)
+                .where(
+                    or_(
+                        SessionRow.status.in_(LIVE_STATUSES),
+                        (SessionRow.status == "dead")
+                        & (SessionRow.reason == restarted_reason)
+                        & (SessionRow.expires_at > now),
+                    )
+                )
+                .order_by(SessionRow.created_at)
+            )
+            return list(rows)
+
+    async def mark_restored(self, ids: Collection[str], reason: str, expires_at: dict[str, datetime]) -> None:
+        """Record sessions of an earlier run as dead with ``reason``, each kept until its ``expires_at``."""
+        async with self.sessionmaker() as db, db.begin():
+            for session_id in ids:
+                await db.execute(
+                    update(SessionRow)
+                    .where(SessionRow.id == session_id)
+                    .values(status="dead", reason=reason, expires_at=expires_at[session_id])
+                )
+
     async def end_live_sessions(self, reason: str) -> list[str]:
         """Mark every session still recorded as live as dead (its kernel cannot have survived us)."""
         async with self.sessionmaker() as db, db.begin():
@@ -111,6 +175,17 @@ class Store:
                 result["error"] = {"name": "ServiceRestarted", "value": reason, "traceback": []}
                 row.status = "error"
                 row.result = result
+
+
+def _add_missing_columns(conn: Connection) -> None:
+    # A small forward-only migration: new nullable columns only, so any older file opens and keeps its rows.
+    inspector = inspect(conn)
+    for table, columns in _ADDED_COLUMNS.items():
+        have = {c["name"] for c in inspector.get_columns(table)}
+        for name, sql_type in columns.items():
+            if name not in have:
+                log.info("adding column %s.%s to the database", table, name)
+                conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {name} {sql_type}"))
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
 import pytest
 
+from executor.app import create_app
+from executor.openapi.service import ToolServerService
 from executor.settings import Settings
+from executor.store import Store
 from sandboxes.base import SandboxError, instance_id
 from sandboxes.local import LocalBackend, LocalConfig
 from tests.conftest import KEY_A, KEY_B, Service, instance_cgroups, run, sandbox_processes, start_service, stop_service
@@ -101,24 +106,92 @@ def test_sigterm_stops_every_kernel(spawn_service, settings: Settings) -> None:
     assert sid
 
 
-def test_crash_then_restart_leaves_nothing_behind(spawn_service, settings: Settings) -> None:
+def _crash_with_a_live_session(spawn_service, ttl_s: int = 3600) -> tuple[str, str, dict]:
     svc = spawn_service()
-    sid = httpx.post(f"{svc.url}/api/v1/sessions", json={}, headers=AUTH, timeout=60).json()["id"]
-    httpx.post(
-        f"{svc.url}/api/v1/sessions/{sid}/executions",
-        json={"code": "open('x.txt','w').write('x')"},
+    info = httpx.post(f"{svc.url}/api/v1/sessions", json={"ttl_s": ttl_s}, headers=AUTH, timeout=60).json()
+    r = httpx.post(
+        f"{svc.url}/api/v1/sessions/{info['id']}/executions",
+        json={"code": "open('x.txt','w').write('x')\n'written'"},
         headers=AUTH,
         timeout=60,
     )
-    instance = _instance(settings)
     svc.kill(signal.SIGKILL)
+    return info["id"], r.json()["id"], info
+
+
+def test_crash_then_restart_lists_the_sessions_that_were_live(spawn_service, settings: Settings) -> None:
+    sid, eid, created = _crash_with_a_live_session(spawn_service)
+    assert created["sandbox_id"]
+    instance = _instance(settings)
     # The kernels die with the service (parent-death signal); the dirs stay until the next start.
     assert list((settings.data_dir / "sandboxes").iterdir())
     svc2 = spawn_service()
     assert sandbox_processes(instance) == []
-    assert list((settings.data_dir / "sandboxes").iterdir()) == []
+    listed = httpx.get(f"{svc2.url}/api/v1/sessions", headers=AUTH).json()
+    assert [s["id"] for s in listed] == [sid], "the session that was live is still listed"
+    (info,) = listed
+    assert info["status"] == "dead" and info["reason"] == "service restarted"
+    assert info["sandbox_id"] == created["sandbox_id"] and info["ref"] == created["ref"]
+    assert httpx.get(f"{svc2.url}/api/v1/sessions/{sid}", headers=AUTH).json()["status"] == "dead"
+    r = httpx.get(f"{svc2.url}/api/v1/sessions/{sid}/executions/{eid}", headers=AUTH)
+    assert r.status_code == 200 and r.json()["result"] == "'written'"
+    r = httpx.post(f"{svc2.url}/api/v1/sessions/{sid}/executions", json={"code": "1"}, headers=AUTH)
+    assert r.status_code == 409 and r.json()["error"] == "session_dead"
+
+
+@pytest.mark.skipif(
+    "keep" not in inspect.signature(LocalBackend.start).parameters,
+    reason="needs LocalBackend.start(keep=...) and workdir_of/discard from the kernel-layer change",
+)
+def test_crash_then_restart_keeps_their_files_until_their_ttl(spawn_service, settings: Settings, monkeypatch) -> None:
+    monkeypatch.setenv("EXECUTOR_CULL_INTERVAL_S", "0.5")
+    sid, _, created = _crash_with_a_live_session(spawn_service, ttl_s=10)
+    svc2 = spawn_service()
+    assert sandbox_processes(_instance(settings)) == []
+    r = httpx.get(f"{svc2.url}/api/v1/sessions/{sid}/files/x.txt", headers=AUTH)
+    assert r.status_code == 200 and r.content == b"x"
+    assert [f["path"] for f in httpx.get(f"{svc2.url}/api/v1/sessions/{sid}/files", headers=AUTH).json()] == ["x.txt"]
+    r = httpx.put(f"{svc2.url}/api/v1/sessions/{sid}/files/y.txt", content=b"y", headers=AUTH)
+    assert r.status_code == 409
+    kept = [p.name for p in (settings.data_dir / "sandboxes").iterdir()]
+    assert created["sandbox_id"] in kept
+    for _ in range(600):
+        if httpx.get(f"{svc2.url}/api/v1/sessions", headers=AUTH).json() == []:
+            break
+        time.sleep(0.05)
     info = httpx.get(f"{svc2.url}/api/v1/sessions/{sid}", headers=AUTH).json()
-    assert info["status"] == "dead" and "restarted" in info["reason"]
+    assert info["status"] == "expired" and "service restarted" in info["reason"]
+    assert created["sandbox_id"] not in [p.name for p in (settings.data_dir / "sandboxes").iterdir()]
+
+
+async def test_a_failed_start_up_stops_what_already_started(settings: Settings, monkeypatch) -> None:
+    """The store and a backend (with a pooled kernel) are up when a later part fails: nothing is left."""
+    settings.pool_size = 1
+    instance = _instance(settings)
+    closed: list[str] = []
+    real_close = Store.close
+
+    async def close(self: Store) -> None:
+        closed.append(self.url)
+        await real_close(self)
+
+    async def fail(self: object) -> None:
+        for _ in range(600):  # fail once a pooled kernel is running: there is something to stop
+            if sandbox_processes(instance):
+                break
+            await asyncio.sleep(0.05)
+        raise RuntimeError("tool servers could not start")
+
+    monkeypatch.setattr(Store, "close", close)
+    monkeypatch.setattr(ToolServerService, "start", fail)
+    app = create_app(settings)
+    with pytest.raises(RuntimeError, match="tool servers could not start"):
+        async with app.router.lifespan_context(app):
+            pass
+    assert closed == [settings.db_url], "the store was closed"
+    assert sandbox_processes(instance) == []
+    assert list((settings.data_dir / "sandboxes").iterdir()) == []
+    assert instance_cgroups(instance) == []
 
 
 def test_orphans_of_a_crashed_service_are_killed_at_start(settings: Settings) -> None:

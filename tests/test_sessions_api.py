@@ -11,6 +11,8 @@ import httpx
 import pytest
 from PIL import Image
 
+from executor.sessions import KILLED
+from executor.store import Store
 from tests.conftest import BACKENDS, KEY_B, Service, run
 
 
@@ -357,3 +359,97 @@ async def test_health_and_readiness(client: httpx.AsyncClient, backend_name: str
         assert body["backend"]["network"] == "none" and body["backend"]["seccomp"] is True
     schema = (await client.get("/openapi.json")).json()
     assert "/api/v1/sessions/{session_id}/executions" in schema["paths"]
+
+
+async def test_a_result_is_stored_before_it_is_answered(
+    service: Service, client: httpx.AsyncClient, session: dict
+) -> None:
+    r = await run(client, session["id"], "'durable'")
+    # No wait: the answer is only sent once the row is committed (a crash right now loses nothing).
+    other = Store(service.settings.db_url)
+    try:
+        row = await other.get_execution(r["id"])
+    finally:
+        await other.close()
+    assert row is not None and row.result["result"] == "'durable'" and row.status == "ok"
+
+
+async def test_execute_answers_with_the_event_stream_when_asked(client: httpx.AsyncClient, session: dict) -> None:
+    sid = session["id"]
+    code = "import time\nfor i in range(2):\n    print(f'tick {i}', flush=True)\n    time.sleep(0.2)\n'end'"
+    events: list[tuple[str, str | None, dict]] = []
+    async with client.stream(
+        "POST", f"/api/v1/sessions/{sid}/executions", json={"code": code}, headers={"Accept": "text/event-stream"}
+    ) as resp:
+        assert resp.status_code == 200 and resp.headers["content-type"].startswith("text/event-stream")
+        name = ident = None
+        async for line in resp.aiter_lines():
+            if line.startswith("event: "):
+                name = line[7:]
+            elif line.startswith("id: "):
+                ident = line[4:]
+            elif line.startswith("data: "):
+                data = json.loads(line[6:])
+            elif line == "" and name is not None:
+                events.append((name, ident, data))
+                name = ident = None
+    names = [n for n, _, _ in events]
+    assert names[:2] == ["status", "status"] and names[-1] == "done"
+    assert [e[2]["status"] for e in events[:2]] == ["queued", "running"]
+    assert "".join(p["text"] for n, _, p in events if n == "stream") == "tick 0\ntick 1\n"
+    assert [int(i) for _, i, _ in events] == list(range(len(events)))
+    done = events[-1][2]
+    assert done["result"] == "'end'" and done["status"] == "ok"
+    # The same story as GET .../events tells.
+    again = await client.get(f"/api/v1/sessions/{sid}/executions/{done['id']}/events")
+    assert again.text.count("event: ") == len(events)
+
+
+async def test_create_session_accepts_an_empty_body(client: httpx.AsyncClient) -> None:
+    for extra in ({}, {"content": b"", "headers": {"Content-Type": "application/json"}}):
+        r = await client.post("/api/v1/sessions", **extra)  # type: ignore[arg-type]
+        assert r.status_code == 201, r.text
+        assert (await client.delete(f"/api/v1/sessions/{r.json()['id']}")).status_code == 204
+
+
+async def test_one_shot_returns_files_above_the_inline_threshold(service: Service, client: httpx.AsyncClient) -> None:
+    code = "open('big.bin', 'wb').write(b'\\x01' * (3 << 20))\nopen('small.txt', 'w').write('hi')\n'ok'"
+    r = await client.post("/api/v1/execute", json={"code": code})
+    assert r.status_code == 200, r.text
+    files = {f["path"]: f for f in r.json()["files"]}
+    assert files["big.bin"]["size"] == 3 << 20
+    assert base64.b64decode(files["big.bin"]["data"]) == b"\x01" * (3 << 20)
+    assert base64.b64decode(files["small.txt"]["data"]) == b"hi"
+    cap = service.settings.one_shot_max_files_bytes
+    service.settings.one_shot_max_files_bytes = 1 << 20
+    try:
+        r = await client.post("/api/v1/execute", json={"code": code})
+    finally:
+        service.settings.one_shot_max_files_bytes = cap
+    assert r.status_code == 413 and r.json()["error"] == "one_shot_files_too_large"
+    assert "big.bin" in r.json()["detail"] and "small.txt" not in r.json()["detail"]
+    assert (await client.get("/api/v1/sessions")).json() == []
+
+
+async def test_cancel_kills_a_cell_that_ignores_the_interrupt(
+    service: Service, client: httpx.AsyncClient, session: dict
+) -> None:
+    service.settings.cancel_grace_s = 1
+    sid = session["id"]
+    code = (
+        "import signal; signal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+        "import time\nprint('in', flush=True)\ntime.sleep(60)"
+    )
+    eid = (await client.post(f"/api/v1/sessions/{sid}/executions", json={"code": code, "wait": False})).json()["id"]
+    for _ in range(500):
+        if (await client.get(f"/api/v1/sessions/{sid}/executions/{eid}")).json()["stdout"]:
+            break
+        await asyncio.sleep(0.02)
+    r = await client.post(f"/api/v1/sessions/{sid}/executions/{eid}/cancel")
+    assert r.status_code == 200
+    body = r.json()
+    assert body["status"] == "cancelled" and body["error"]["value"] == KILLED, body
+    info = (await client.get(f"/api/v1/sessions/{sid}")).json()
+    assert info["status"] == "dead" and info["reason"] == KILLED
+    assert (await client.post(f"/api/v1/sessions/{sid}/restart")).status_code == 200
+    assert (await run(client, sid, "6 * 7"))["result"] == "42"

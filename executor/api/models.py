@@ -1,0 +1,143 @@
+"""Request and response bodies of the sessions API (``/api/v1/sessions``, ``/api/v1/execute``).
+
+The session layer (``executor.sessions``) takes and returns plain domain values; these models are where a request
+is validated and an answer is shaped.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, Field, field_validator
+
+from executor.results import ExecutionStatus
+from executor.sessions import LimitsRequest, NewSession, SessionStatus, SessionView
+
+MAX_CODE = 1 << 20
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+
+
+class LimitsIn(BaseModel):
+    """Requested limits; anything left out takes the service default."""
+
+    timeout_s: float | None = Field(None, gt=0, description="Default wall time of a cell, seconds.")
+    memory_mb: int | None = Field(None, ge=64, description="Memory of the sandbox, MiB.")
+    cpus: float | None = Field(None, gt=0, description="CPU cores.")
+    pids: int | None = Field(None, ge=16, description="Processes and threads.")
+
+    def to_domain(self) -> LimitsRequest:
+        return LimitsRequest(timeout_s=self.timeout_s, memory_mb=self.memory_mb, cpus=self.cpus, pids=self.pids)
+
+
+def _check_env(env: dict[str, str] | None) -> dict[str, str] | None:
+    if env is None:
+        return env
+    if len(env) > 64:
+        raise ValueError("at most 64 environment variables")
+    for name, value in env.items():
+        if not _ENV_NAME.match(name):
+            raise ValueError(f"{name!r} is not a valid environment variable name")
+        if len(value) > 8192 or "\x00" in value:
+            raise ValueError(f"the value of {name} is longer than 8192 characters or contains NUL")
+    return env
+
+
+class SessionCreate(BaseModel):
+    limits: LimitsIn | None = None
+    ttl_s: int | None = Field(None, ge=10, description="Idle time after which the session is culled, seconds.")
+    env: dict[str, str] | None = Field(None, description="Environment variables for the kernel.")
+    backend: Literal["local", "docker"] | None = Field(
+        None, description="Sandbox backend, among those the admin allows; the service default if omitted."
+    )
+
+    _env = field_validator("env")(_check_env)
+
+    def to_domain(self) -> NewSession:
+        return NewSession(
+            limits=self.limits.to_domain() if self.limits else LimitsRequest(),
+            ttl_s=self.ttl_s,
+            env=self.env,
+            backend=self.backend,
+        )
+
+
+class SessionLimits(BaseModel):
+    timeout_s: float
+    memory_mb: int
+    cpus: float
+    pids: int
+
+
+class SessionInfo(BaseModel):
+    id: str
+    owner: str = Field(description="The principal that owns it: a key id, or key id/end-user id.")
+    backend: str
+    status: SessionStatus
+    reason: str | None = Field(None, description="Why the session is dead or expired.")
+    created_at: datetime
+    expires_at: datetime
+    limits: SessionLimits
+    jail: str | None = None
+    sandbox_id: str | None = Field(None, description="The sandbox (container label executor.sandbox) it runs in.")
+    ref: str | None = Field(None, description="The backend's own name for the sandbox: the container id (docker).")
+
+    @classmethod
+    def of(cls, view: SessionView) -> SessionInfo:
+        return cls(
+            id=view.id,
+            owner=view.owner,
+            backend=view.backend,
+            status=view.status,
+            reason=view.reason,
+            created_at=view.created_at,
+            expires_at=view.expires_at,
+            limits=SessionLimits(
+                timeout_s=view.limits.timeout_s,
+                memory_mb=view.limits.memory_mb,
+                cpus=view.limits.cpus,
+                pids=view.limits.pids,
+            ),
+            jail=view.jail,
+            sandbox_id=view.sandbox_id,
+            ref=view.ref,
+        )
+
+
+class ExecutionAccepted(BaseModel):
+    id: str
+    session_id: str
+    status: ExecutionStatus
+
+
+class ExecutionRequest(BaseModel):
+    code: str = Field(..., max_length=MAX_CODE, description="Python source of the cell.")
+    timeout_s: float | None = Field(None, gt=0, description="Wall time of this cell; the session's default if omitted.")
+    wait: bool = Field(
+        True,
+        description="Answer with the finished result (true) or 202 at once (false). Ignored when the request "
+        "accepts text/event-stream: then the answer is the execution's event stream.",
+    )
+
+
+class FileUpload(BaseModel):
+    path: str = Field(..., description="Relative path in the work dir.")
+    data: str = Field(..., description="File content, base64.")
+
+
+class OneShotRequest(BaseModel):
+    code: str = Field(..., max_length=MAX_CODE)
+    timeout_s: float | None = Field(None, gt=0)
+    files: list[FileUpload] = Field(default_factory=list, max_length=100, description="Files placed before running.")
+    limits: LimitsIn | None = None
+    env: dict[str, str] | None = None
+
+    _env = field_validator("env")(_check_env)
+
+
+class FileEntry(BaseModel):
+    path: str
+    size: int
+    mime_type: str
+    modified_at: datetime
