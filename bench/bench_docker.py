@@ -50,7 +50,7 @@ def show(name: str, samples: list[float], floor: list[float] | None = None) -> f
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        return int(s.getsockname()[1])
 
 
 def mem_available_kib() -> int:

@@ -50,7 +50,7 @@ def tool_server() -> FastAPI:
 async def serve(app: Any) -> AsyncIterator[str]:
     config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on", access_log=False)
     server = uvicorn.Server(config)
-    server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign]
+    server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
     task = asyncio.create_task(server.serve())
     try:
         while not server.started:
@@ -95,7 +95,7 @@ async def main() -> None:
             conn = {"type": "openapi", "url": upstream, "path": "openapi.json", "auth_type": "none",
                     "info": {"id": "t"}}  # fmt: skip
             settings = Settings(
-                _env_file=None,  # type: ignore[call-arg]
+                _env_file=None,
                 admin_api_keys=[KEY],
                 data_dir=Path(tmp) / "data",
                 pool_size=0,

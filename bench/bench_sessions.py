@@ -94,7 +94,7 @@ async def floor(args: argparse.Namespace, data: Path, cache: Path) -> dict[str, 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        return int(s.getsockname()[1])
 
 
 async def api(args: argparse.Namespace, data: Path, cache: Path) -> dict[str, list[float]]:

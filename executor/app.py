@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
-from typing import cast
 
 from fastapi import FastAPI
 
@@ -30,36 +29,31 @@ def make_backend(settings: Settings, name: str | None = None) -> Backend:
     if name == "docker":
         from sandboxes.docker import DockerBackend, DockerConfig
 
-        # cast: the Backend protocol gained start(keep=), workdir_of and discard before this backend (the kernel
-        # layer) implements them; the session manager copes with one that does not yet.
-        return cast(
-            "Backend",
-            DockerBackend(
-                DockerConfig(
-                    data_dir=settings.data_dir,
-                    run_dir=settings.run_dir,
-                    instance=instance_id(settings.data_dir),
-                    image=settings.docker_image,
-                    runtime=settings.docker_runtime,
-                    work_dir_size_mb=settings.work_dir_size_mb,
-                    start_timeout_s=settings.kernel_start_timeout_s,
-                )
-            ),
-        )
-    return cast(
-        "Backend",
-        LocalBackend(
-            LocalConfig(
+        return DockerBackend(
+            DockerConfig(
                 data_dir=settings.data_dir,
                 run_dir=settings.run_dir,
-                cache_dir=settings.cache_dir,
-                allow_unjailed=settings.allow_unjailed,
-                uid_base=settings.sandbox_uid_base,
-                uid_count=settings.sandbox_uid_count,
-                use_cgroups=settings.use_cgroups,
+                instance=instance_id(settings.data_dir),
+                image=settings.docker_image,
+                runtime=settings.docker_runtime,
+                work_dir_size_mb=settings.work_dir_size_mb,
                 start_timeout_s=settings.kernel_start_timeout_s,
+                max_message_bytes=settings.max_kernel_message_mb << 20,
             )
-        ),
+        )
+    return LocalBackend(
+        LocalConfig(
+            data_dir=settings.data_dir,
+            run_dir=settings.run_dir,
+            cache_dir=settings.cache_dir,
+            allow_unjailed=settings.allow_unjailed,
+            uid_base=settings.sandbox_uid_base,
+            uid_count=settings.sandbox_uid_count,
+            use_cgroups=settings.use_cgroups,
+            start_timeout_s=settings.kernel_start_timeout_s,
+            work_dir_size_mb=settings.work_dir_size_mb,
+            max_message_bytes=settings.max_kernel_message_mb << 20,
+        )
     )
 
 

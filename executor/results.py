@@ -75,6 +75,11 @@ class ExecutionResult(BaseModel):
         False, description="Some changed files are not listed (too many, or the work-dir scan was cut)."
     )
     files_omitted: int = Field(0, description="How many changed files were left out of ``files`` (when known).")
+    stray_outputs: int = Field(
+        0,
+        description="Outputs of threads that earlier cells started, seen while this cell ran and left out: they "
+        "belong to those cells, which were over.",
+    )
     truncated: bool = False
     started_at: datetime | None = None
     finished_at: datetime | None = None

@@ -56,7 +56,7 @@ class Settings(BaseSettings):
     pool_size: int = Field(2, ge=0, le=64, description="Sandboxes kept started per backend, ready to hand out.")
     docker_image: str = Field("executor-sandbox:latest", description="Sandbox image of the Docker backend.")
     docker_runtime: str | None = Field(None, description="OCI runtime for sandboxes, e.g. runsc (gVisor).")
-    work_dir_size_mb: int = Field(256, ge=1, description="Size of a Docker sandbox's work dir (tmpfs).")
+    work_dir_size_mb: int = Field(256, ge=1, description="Sandbox work dir size (a tmpfs when run as root).")
     reap_interval_s: float = Field(60, gt=0, description="How often containers no session owns are removed.")
     allow_unjailed: bool = Field(
         False,
@@ -116,6 +116,12 @@ class Settings(BaseSettings):
     )
     cancel_grace_s: float = Field(
         5, gt=0, description="How long cancel interrupts a cell before it kills the kernel (the session is dead)."
+    )
+    max_kernel_message_mb: int = Field(
+        32,
+        ge=1,
+        description="Largest part of one message a kernel may send (ZMQ frame); a larger one ends the cell and "
+        "stops the kernel (the sandbox's own output is sent in 1 MiB slices).",
     )
     max_upload_mb: int = Field(100, ge=1, description="Largest upload.")
     cull_interval_s: float = Field(15, gt=0, description="How often idle sessions are looked for.")

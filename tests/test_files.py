@@ -101,11 +101,6 @@ async def test_upload_too_large_is_refused(service: Service, client: httpx.Async
     assert (await client.get(f"/api/v1/sessions/{session['id']}/files")).json() == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs the manager (executor/sessions.py _run) to call workfiles.changed_bounded and set "
-    "files_truncated / files_omitted; see the workfiles helper's report",
-)
 async def test_a_cell_writing_more_files_than_a_result_lists_says_how_many_are_left_out(
     service: Service, client: httpx.AsyncClient, session: dict
 ) -> None:

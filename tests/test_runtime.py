@@ -264,11 +264,6 @@ async def test_a_kernel_whose_filter_cannot_load_never_runs_code(client: httpx.A
         await client.delete(f"/api/v1/sessions/{sid}")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs KernelDriver.wait_ready to wait for the kernel_info reply, which ipykernel sends only after "
-    "exec_lines (the runtime's setup) ran; today the first iopub message (sent before setup) counts as ready",
-)
 async def test_a_kernel_whose_filter_cannot_load_fails_its_start_with_the_reason(client: httpx.AsyncClient) -> None:
     sid, r = await _session_with_broken_libseccomp(client)
     try:

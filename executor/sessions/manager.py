@@ -12,7 +12,6 @@ import asyncio
 import base64
 import builtins
 import contextlib
-import inspect
 import logging
 import uuid
 from collections import OrderedDict
@@ -31,7 +30,7 @@ from executor.sessions.persistence import Persistence
 from executor.settings import Settings
 from executor.store import SessionRow, Store
 from sandboxes.base import Backend, EndEvent, Limits, Sandbox, SandboxBusy, SandboxError
-from sandboxes.pool import Pool
+from sandboxes.pool import HostBusy, Pool, StartGate, StartQueueFull
 
 log = logging.getLogger(__name__)
 
@@ -218,8 +217,10 @@ class SessionManager:
         self.backends = backends
         self.unavailable = unavailable or {}
         default = self._sandbox_limits(self._resolve_limits(LimitsRequest()))
+        # One gate for every backend's starts: they share the host's CPUs.
+        gate = StartGate()
         self.pools = {
-            name: Pool(backend, default, settings.pool_size, may_grow=self._has_room)
+            name: Pool(backend, default, settings.pool_size, may_grow=self._has_room, gate=gate)
             for name, backend in backends.items()
         }
         self.sessions: dict[str, Session] = {}
@@ -254,13 +255,7 @@ class SessionManager:
         self._culler = asyncio.create_task(self._cull_loop())
 
     async def _start_backend(self, name: str, backend: Backend, keep: list[str]) -> dict[str, int]:
-        # TODO(kernel layer): every backend takes keep= once LocalBackend/DockerBackend implement the Backend
-        # protocol's start(keep=...); until then one that does not is started as before and keeps no files.
-        self._keeps_files[name] = "keep" in inspect.signature(backend.start).parameters
-        if not self._keeps_files[name]:
-            if keep:
-                log.warning("backend %s cannot keep work dirs yet: the files of %d sessions are gone", name, len(keep))
-            return await backend.start()
+        self._keeps_files[name] = True
         return await backend.start(keep=keep)
 
     async def _restore(self, rows: list[SessionRow]) -> None:
@@ -346,20 +341,16 @@ class SessionManager:
         )
 
     def _in_use(self) -> int:
-        """Sandboxes on this host: live sessions, sessions being created, and pooled ones."""
+        """Sandboxes on this host: live sessions, and what the pools hold or are starting (a request waiting
+        in ``acquire`` is counted there until it is handed its sandbox)."""
         live = sum(1 for s in self.sessions.values() if s.status in ("idle", "busy"))
-        return live + sum(self._starting.values()) + sum(len(p) for p in self.pools.values())
+        return live + sum(len(p) for p in self.pools.values())
 
     def _has_room(self) -> bool:
         return self._in_use() < self.settings.max_sessions
 
-    def _check_capacity(self, owner: str, pooled: bool) -> None:
-        # Handing out a pooled sandbox adds nothing to the host's load: it was counted already.
-        if self._in_use() - (1 if pooled else 0) >= self.settings.max_sessions:
-            raise RateLimited(
-                "host_busy", f"this host runs its maximum of {self.settings.max_sessions} sessions; retry later",
-                retry_after_s=5,
-            )  # fmt: skip
+    def _check_capacity(self, owner: str) -> None:
+        # The host's own bound is the pools' may_grow (asked before every start); these are the caller's.
         # (a pooled hand-out still counts against the owner's own limits)
         live = [s.owner for s in self.sessions.values() if s.status in ("idle", "busy")]
         mine = live.count(owner) + self._starting.get(owner, 0)
@@ -384,21 +375,21 @@ class SessionManager:
     async def _acquire_sandbox(
         self, name: str, wanted: Limits, env: dict[str, str] | None, owner: str, session_id: str
     ) -> Sandbox:
-        """The one place a session gets its sandbox: capacity checks, then a pooled one or a fresh one.
-
-        WIRE(pool.acquire): with the new pool this body becomes the capacity check plus
-        ``await self.pools[name].acquire(wanted, env, labels, deadline_s=...)`` (it decides pooled or fresh)."""
-        pool = self.pools[name]
-        poolable = pool.fits(wanted, env) and bool(pool.ready)
-        self._check_capacity(owner, poolable)
-        sandbox = pool.take() if poolable else None
-        if sandbox is not None:
-            return sandbox
+        """The one place a session gets its sandbox: the caller's quotas, then the pool (pooled or a cold
+        start through the start queue). A start that would miss the kernel start timeout is refused at once."""
+        self._check_capacity(owner)
         self._starting[owner] = self._starting.get(owner, 0) + 1
         try:
             # Pooled sandboxes were made before their session existed; fresh ones carry its name.
             labels = {"executor.session": session_id, "executor.owner": owner}
-            return await self.backends[name].create(wanted, env, labels)
+            return await self.pools[name].acquire(wanted, env, labels, deadline_s=self.settings.kernel_start_timeout_s)
+        except HostBusy as exc:
+            raise RateLimited(
+                "host_busy", f"this host runs its maximum of {self.settings.max_sessions} sessions; retry later",
+                retry_after_s=exc.retry_after_s,
+            ) from None  # fmt: skip
+        except StartQueueFull as exc:
+            raise RateLimited("start_queue_full", str(exc), retry_after_s=exc.retry_after_s) from None
         except SandboxError as exc:
             log.warning("sandbox start failed: %s", exc)
             raise Unavailable("sandbox_failed", f"the sandbox could not start: {exc}") from None
@@ -771,7 +762,7 @@ class SessionManager:
         session.status = "busy"
         ex.publish("status", {"status": "running"})
         workdir = sandbox.workdir
-        before = await workfiles.scan_async(workdir)
+        before = await workfiles.scan_async(workdir, self.settings.max_scan_entries)
         # Its own task, so a cancel that has to kill the kernel can end it even if the backend never does.
         pump = asyncio.create_task(self._pump(sandbox, ex))
         ex.pump = pump
@@ -801,19 +792,20 @@ class SessionManager:
         else:
             session.status = "idle"
         files: list[FileInfo] = []
+        omitted, cut = 0, False
         try:
-            after = await workfiles.scan_async(workdir)
-            # WIRE(workfiles.changed_bounded): the one call site. Becomes
-            #   changed, omitted = workfiles.changed_bounded(before, after, max_count=..., max_bytes=...)
-            # and the result gets files_truncated=omitted > 0, files_omitted=omitted (set in _finish).
-            changed = workfiles.changed(before, after)
+            after = await workfiles.scan_async(workdir, self.settings.max_scan_entries)
+            changed, omitted = workfiles.changed_bounded(
+                before, after, max_count=self.settings.max_result_files, max_bytes=self.settings.max_result_files_bytes
+            )
+            cut = after.incomplete or before.incomplete
             if changed:
                 files, ex.files_refused = await asyncio.to_thread(
                     self._file_infos, session.id, workdir, changed, ex.one_shot
                 )
         except OSError:
             log.warning("listing the changed files of execution %s failed", ex.id, exc_info=True)
-        self._finish(ex, end, status, files)
+        self._finish(ex, end, status, files, files_omitted=omitted, files_truncated=omitted > 0 or cut)
 
     def _file_infos(
         self, session_id: str, workdir: Path, entries: Iterable[workfiles.Entry], one_shot: bool
@@ -849,13 +841,23 @@ class SessionManager:
         return out, refused
 
     def _finish(
-        self, ex: Execution, end: EndEvent, status: ExecutionStatus, files: builtins.list[FileInfo] | None = None
+        self,
+        ex: Execution,
+        end: EndEvent,
+        status: ExecutionStatus,
+        files: builtins.list[FileInfo] | None = None,
+        *,
+        files_omitted: int = 0,
+        files_truncated: bool = False,
     ) -> None:
         """Make the result final, dump it once, and store it; the answer (``done``) follows the commit."""
         if ex.finished:
             return
         result = ex.builder.finish(end, status=status)
         result.files = files or []
+        result.files_omitted = files_omitted
+        result.files_truncated = files_truncated
+        result.stray_outputs = end.stray
         result.started_at = ex.started_at
         result.finished_at = _now()
         if ex.started_at is not None:
