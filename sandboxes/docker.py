@@ -27,7 +27,14 @@ from typing import Any
 import zmq.asyncio
 
 from sandboxes.base import Limits, SandboxError
-from sandboxes.kernel import DEFAULT_MAX_MESSAGE_BYTES, KernelPaths, KernelSandbox, kernel_command, kernel_context
+from sandboxes.kernel import (
+    DEFAULT_MAX_MESSAGE_BYTES,
+    KernelPaths,
+    KernelSandbox,
+    exit_status_reason,
+    kernel_command,
+    kernel_context,
+)
 from sandboxes.mounts import mount_tmpfs, unmount, unmount_under
 
 log = logging.getLogger(__name__)
@@ -453,7 +460,7 @@ class ContainerProcess:
         if self.exit_code > 128:
             with contextlib.suppress(ValueError):
                 return f"the kernel was killed by {signal.Signals(self.exit_code - 128).name}"
-        return f"the kernel exited with status {self.exit_code}"
+        return exit_status_reason(self.exit_code)
 
     def diagnostics(self) -> str:
         return ""

@@ -43,6 +43,7 @@ from sandboxes.base import (
     StatusEvent,
     StreamEvent,
 )
+from sandboxes.runtime import SECCOMP_FAILED_EXIT
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,16 @@ _PAST_CELLS = 64
 DEFAULT_MAX_MESSAGE_BYTES = 32 << 20
 # How often an interrupted cell that has not stopped is interrupted again, until the grace ends.
 _REINTERRUPT_S = 0.5
+
+
+def exit_status_reason(code: int) -> str:
+    """Why a kernel that exited with ``code`` (not a signal) ended, in words."""
+    if code == SECCOMP_FAILED_EXIT:
+        return (
+            f"the kernel exited with status {code}: the sandbox runtime refused to run code because its seccomp "
+            "filter is not in force"
+        )
+    return f"the kernel exited with status {code}"
 
 
 def kernel_context(max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> zmq.asyncio.Context:

@@ -42,7 +42,14 @@ import zmq.asyncio
 
 from sandboxes.base import Limits, SandboxError, instance_id
 from sandboxes.cgroups import Cgroup, CgroupManager
-from sandboxes.kernel import DEFAULT_MAX_MESSAGE_BYTES, KernelPaths, KernelSandbox, kernel_command, kernel_context
+from sandboxes.kernel import (
+    DEFAULT_MAX_MESSAGE_BYTES,
+    KernelPaths,
+    KernelSandbox,
+    exit_status_reason,
+    kernel_command,
+    kernel_context,
+)
 from sandboxes.mounts import mount_tmpfs, unmount, unmount_under
 
 log = logging.getLogger(__name__)
@@ -616,7 +623,7 @@ class LocalProcess:
             signum = -code if code < 0 else code - 128
             with contextlib.suppress(ValueError):
                 return f"the kernel was killed by {signal.Signals(signum).name}"
-        return f"the kernel exited with status {code}"
+        return exit_status_reason(code)
 
     def diagnostics(self) -> str:
         return "\n".join(self._stderr_tail.decode(errors="replace").strip().splitlines()[-5:])
