@@ -524,8 +524,10 @@ class KernelSandbox:
                 if self._state == "restarting":
                     self._state = "dead"
                     self._reason = f"restart failed: {exc}"
-                with contextlib.suppress(Exception):
+                try:
                     await self.provisioner.kill()
+                except Exception:
+                    log.warning("sandbox %s: kill after a failed restart failed", self.id, exc_info=True)
                 raise
             if self._state == "restarting":
                 self._state = "idle"

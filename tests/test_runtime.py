@@ -21,7 +21,7 @@ import pytest
 
 from sandboxes.runtime import SECCOMP_FAILED_EXIT, harden
 from sandboxes.runtime.streams import BinaryStream
-from tests.conftest import BACKENDS, run
+from tests.conftest import BACKENDS, Service, run
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -241,19 +241,29 @@ async def test_the_kernel_runs_under_its_own_filter(client: httpx.AsyncClient, s
     assert r["stdout"] == f"{errno.errorcode[harden.PROBE_ERRNO]}\n2\n", r
 
 
-async def _session_with_broken_libseccomp(client: httpx.AsyncClient) -> tuple[str, httpx.Response]:
-    """A broken libseccomp first on the library path the caller chose makes the load fail for real (nothing the
-    caller controls can make the kernel start unfiltered instead). Returns the session id and the restart answer."""
-    r = await client.post("/api/v1/sessions", json={"env": {"LD_LIBRARY_PATH": "/work/lib"}})
+async def test_callers_may_not_set_loader_or_interpreter_variables(client: httpx.AsyncClient) -> None:
+    """LD_LIBRARY_PATH plus an uploaded library would run code before the filter loads: refused at the API."""
+    for name in ("LD_LIBRARY_PATH", "LD_PRELOAD", "PYTHONHOME", "PYTHONSTARTUP", "IPYTHONDIR", "GLIBC_TUNABLES"):
+        r = await client.post("/api/v1/sessions", json={"env": {name: "/work/lib"}})
+        assert r.status_code == 422 and "env" in r.json()["detail"][0]["loc"], (name, r.text)
+
+
+async def _session_with_broken_libseccomp(service: Service, client: httpx.AsyncClient) -> tuple[str, httpx.Response]:
+    """A broken libseccomp first on the library path makes the load fail for real. The API refuses LD_* (see
+    above), so the test sets it where only the service itself could: the sandbox's launch environment.
+    Returns the session id and the restart answer."""
+    r = await client.post("/api/v1/sessions", json={})
     assert r.status_code == 201, r.text
     sid = r.json()["id"]
+    sandbox = service.app.state.sessions.sessions[sid].sandbox  # type: ignore[attr-defined]
+    sandbox.provisioner.env["LD_LIBRARY_PATH"] = "/work/lib"
     up = await client.put(f"/api/v1/sessions/{sid}/files/lib/libseccomp.so.2", content=b"\x7fELF not really")
     assert up.status_code == 201
     return sid, await client.post(f"/api/v1/sessions/{sid}/restart")
 
 
-async def test_a_kernel_whose_filter_cannot_load_never_runs_code(client: httpx.AsyncClient) -> None:
-    sid, _ = await _session_with_broken_libseccomp(client)
+async def test_a_kernel_whose_filter_cannot_load_never_runs_code(service: Service, client: httpx.AsyncClient) -> None:
+    sid, _ = await _session_with_broken_libseccomp(service, client)
     try:
         r = await client.post(f"/api/v1/sessions/{sid}/executions", json={"code": "print('ran')"})
         if r.status_code == 200:
@@ -264,8 +274,10 @@ async def test_a_kernel_whose_filter_cannot_load_never_runs_code(client: httpx.A
         await client.delete(f"/api/v1/sessions/{sid}")
 
 
-async def test_a_kernel_whose_filter_cannot_load_fails_its_start_with_the_reason(client: httpx.AsyncClient) -> None:
-    sid, r = await _session_with_broken_libseccomp(client)
+async def test_a_kernel_whose_filter_cannot_load_fails_its_start_with_the_reason(
+    service: Service, client: httpx.AsyncClient
+) -> None:
+    sid, r = await _session_with_broken_libseccomp(service, client)
     try:
         assert r.status_code == 503, r.text
         assert "seccomp filter is not in force" in r.json()["detail"]

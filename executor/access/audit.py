@@ -167,8 +167,10 @@ class AuditLog:
 
     async def _prune_loop(self) -> None:
         while True:
-            with contextlib.suppress(Exception):
+            try:
                 await self.prune()
+            except Exception:
+                log.warning("could not prune the audit log", exc_info=True)
             await asyncio.sleep(3600)
 
 

@@ -17,6 +17,12 @@ from executor.sessions import LimitsRequest, NewSession, SessionStatus, SessionV
 
 MAX_CODE = 1 << 20
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+# Variables that change what runs before the sandbox's seccomp filter is in force (the dynamic loader, the
+# interpreter, IPython/Jupyter start-up) or that the service sets itself: a caller may not choose them.
+_ENV_DENIED_PREFIXES = ("LD_", "PYTHON", "IPYTHON", "JUPYTER", "EXECUTOR_", "MPL", "GLIBC_", "MALLOC_")
+_ENV_DENIED = frozenset(
+    {"GCONV_PATH", "HOSTALIASES", "LOCPATH", "NLSPATH", "RESOLV_HOST_CONF", "TMPDIR", "HOME", "PATH"}
+)
 
 
 class LimitsIn(BaseModel):
@@ -39,6 +45,12 @@ def _check_env(env: dict[str, str] | None) -> dict[str, str] | None:
     for name, value in env.items():
         if not _ENV_NAME.match(name):
             raise ValueError(f"{name!r} is not a valid environment variable name")
+        if name in _ENV_DENIED or name.upper().startswith(_ENV_DENIED_PREFIXES):
+            raise ValueError(
+                f"{name} may not be set: it would change how the kernel starts before the sandbox is hardened "
+                "(LD_*, PYTHON*, IPYTHON*, JUPYTER*, MPL*, EXECUTOR_*, GLIBC_*, MALLOC_*, HOME, PATH, TMPDIR, ... "
+                "are the service's)"
+            )
         if len(value) > 8192 or "\x00" in value:
             raise ValueError(f"the value of {name} is longer than 8192 characters or contains NUL")
     return env
