@@ -19,7 +19,7 @@ import shutil
 import signal
 import threading
 import time
-from collections.abc import Collection, Coroutine, Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +36,7 @@ from sandboxes.kernel import (
     kernel_context,
 )
 from sandboxes.mounts import mount_tmpfs, unmount, unmount_under
+from sandboxes.registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -104,9 +105,8 @@ class DockerBackend:
         self.can_mount = os.geteuid() == 0
         self.mount_error = "the service does not run as root"
         self.context: zmq.asyncio.Context | None = None
-        self._live: dict[str, ContainerProcess] = {}
-        self._kept: set[str] = set()
-        self._teardowns: set[asyncio.Task[None]] = set()
+        self.sandboxes: Registry[ContainerProcess] = Registry(self.root)
+        self._live = self.sandboxes.live
         self._loop: asyncio.AbstractEventLoop | None = None
         self._events: Any = None
         self._watcher: threading.Thread | None = None
@@ -144,7 +144,7 @@ class DockerBackend:
     def prepare(self, loop: asyncio.AbstractEventLoop, keep: Collection[str] = ()) -> dict[str, int]:
         """Start watching container deaths, then remove what an earlier run left."""
         self._loop = loop
-        self._kept = {k for k in keep if (self.root / k / "work").is_dir()}
+        self.sandboxes.keep(keep)
         self._watcher = threading.Thread(target=self._watch, name="docker-events", daemon=True)
         self._watcher.start()
         reaped = self.reap_orphans()
@@ -235,7 +235,7 @@ class DockerBackend:
         for base in (self.root, self.run_root):
             if base.is_dir():
                 for entry in base.iterdir():
-                    if entry.name in keep or (base == self.root and entry.name in self._kept):
+                    if entry.name in keep or (base == self.root and entry.name in self.sandboxes.kept):
                         continue
                     unmount_under(entry)
                     shutil.rmtree(entry, ignore_errors=True)
@@ -243,22 +243,18 @@ class DockerBackend:
         return {"containers": removed, "dirs": dirs}
 
     def workdir_of(self, sandbox_id: str) -> Path | None:
-        path = self.root / sandbox_id / "work"
-        return path if sandbox_id in self._kept and path.is_dir() else None
+        return self.sandboxes.workdir_of(sandbox_id)
 
     async def discard(self, sandbox_id: str) -> None:
-        if sandbox_id in self._kept:
-            self._kept.discard(sandbox_id)
-            await asyncio.to_thread(_remove_tree, self.root / sandbox_id)
+        await self.sandboxes.discard(sandbox_id)
 
     async def stop(self) -> None:
         """Remove every container of this instance (waits for pending teardowns)."""
         for process in list(self._live.values()):
             if process.sandbox is not None:
                 await process.sandbox.close()
-        if self._teardowns:
-            await asyncio.gather(*self._teardowns, return_exceptions=True)
-        self._kept.clear()
+        await self.sandboxes.drain()
+        self.sandboxes.kept.clear()
         await asyncio.to_thread(self.reap_orphans)
         self._stopping = True
         if self._events is not None:
@@ -268,19 +264,6 @@ class DockerBackend:
         if self.context is not None:
             self.context.destroy(linger=0)
             self.context = None
-
-    def _track(self, sandbox: KernelSandbox, teardown: Coroutine[Any, Any, None]) -> None:
-        async def run() -> None:
-            try:
-                await teardown
-            except Exception:
-                log.warning("sandbox %s: teardown failed", sandbox.id, exc_info=True)
-            finally:
-                self._live.pop(sandbox.id, None)
-
-        task = asyncio.create_task(run())
-        self._teardowns.add(task)
-        task.add_done_callback(self._teardowns.discard)
 
     async def create(
         self, limits: Limits, env: Mapping[str, str] | None = None, labels: Mapping[str, str] | None = None
@@ -294,7 +277,7 @@ class DockerBackend:
             start_timeout_s=self.config.start_timeout_s,
             context=self.context,
             max_message_bytes=self.config.max_message_bytes,
-            on_closed=self._track,
+            on_closed=self.sandboxes.track,
         )
         process.sandbox = sandbox
         self._live[sandbox_id] = process
@@ -304,11 +287,6 @@ class DockerBackend:
             await sandbox.close()
             raise
         return sandbox
-
-
-def _remove_tree(path: Path) -> None:
-    unmount_under(path)
-    shutil.rmtree(path, ignore_errors=True)
 
 
 class ContainerProcess:

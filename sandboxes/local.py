@@ -33,7 +33,7 @@ import shutil
 import signal
 import stat
 import sys
-from collections.abc import Collection, Coroutine, Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,6 +51,7 @@ from sandboxes.kernel import (
     kernel_context,
 )
 from sandboxes.mounts import mount_tmpfs, unmount, unmount_under
+from sandboxes.registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -212,9 +213,8 @@ class LocalBackend:
         self.can_mount = self.is_root
         self.mount_error = "the service does not run as root"
         self.context: zmq.asyncio.Context | None = None
-        self._live: dict[str, KernelSandbox] = {}
-        self._kept: set[str] = set()
-        self._teardowns: set[asyncio.Task[None]] = set()
+        self.sandboxes: Registry[KernelSandbox] = Registry(self.root)
+        self._live = self.sandboxes.live
         self._check_layout()
 
     def _check_layout(self) -> None:
@@ -249,7 +249,7 @@ class LocalBackend:
 
     def prepare(self, keep: Collection[str] = ()) -> dict[str, int]:
         """Create the dirs, remove orphans of a previous run, warm the matplotlib font cache."""
-        self._kept = {k for k in keep if (self.root / k / "work").is_dir()}
+        self.sandboxes.keep(keep)
         reaped = self.reap_orphans()
         self.root.mkdir(parents=True, exist_ok=True)
         os.chmod(self.root, 0o711)
@@ -308,7 +308,7 @@ class LocalBackend:
         for base in (self.root, self.run_root):
             if base.is_dir():
                 for entry in base.iterdir():
-                    if base == self.root and entry.name in self._kept:
+                    if base == self.root and entry.name in self.sandboxes.kept:
                         continue
                     unmount_under(entry)
                     shutil.rmtree(entry, ignore_errors=True)
@@ -316,16 +316,13 @@ class LocalBackend:
         return {"processes": killed, "cgroups": cgroups, "dirs": dirs}
 
     def workdir_of(self, sandbox_id: str) -> Path | None:
-        path = self.root / sandbox_id / "work"
-        return path if sandbox_id in self._kept and path.is_dir() else None
+        return self.sandboxes.workdir_of(sandbox_id)
 
     async def discard(self, sandbox_id: str) -> None:
-        if sandbox_id in self._kept:
-            self._kept.discard(sandbox_id)
-            await asyncio.to_thread(_remove_tree, self.root / sandbox_id)
+        await self.sandboxes.discard(sandbox_id)
 
     def shutdown(self) -> None:
-        self._kept.clear()
+        self.sandboxes.kept.clear()
         self.reap_orphans()
         self.cgroups.close()
         self.uids.close()
@@ -342,26 +339,11 @@ class LocalBackend:
     async def stop(self) -> None:
         for sandbox in list(self._live.values()):
             await sandbox.close()
-        if self._teardowns:
-            await asyncio.gather(*self._teardowns, return_exceptions=True)
+        await self.sandboxes.drain()
         await asyncio.to_thread(self.shutdown)
         if self.context is not None:
             self.context.destroy(linger=0)
             self.context = None
-
-    def _track(self, sandbox: KernelSandbox, teardown: Coroutine[Any, Any, None]) -> None:
-        # Closing answers at once; the cgroup drain and rmtree run beside the next requests. stop() waits.
-        async def run() -> None:
-            try:
-                await teardown
-            except Exception:
-                log.warning("sandbox %s: teardown failed", sandbox.id, exc_info=True)
-            finally:
-                self._live.pop(sandbox.id, None)
-
-        task = asyncio.create_task(run())
-        self._teardowns.add(task)
-        task.add_done_callback(self._teardowns.discard)
 
     async def create(
         self, limits: Limits, env: Mapping[str, str] | None = None, labels: Mapping[str, str] | None = None
@@ -375,7 +357,7 @@ class LocalBackend:
             start_timeout_s=self.config.start_timeout_s,
             context=self.context,
             max_message_bytes=self.config.max_message_bytes,
-            on_closed=self._track,
+            on_closed=self.sandboxes.track,
         )
         self._live[sandbox_id] = sandbox
         try:
@@ -384,11 +366,6 @@ class LocalBackend:
             await sandbox.close()
             raise
         return sandbox
-
-
-def _remove_tree(path: Path) -> None:
-    unmount_under(path)
-    shutil.rmtree(path, ignore_errors=True)
 
 
 class LocalProcess:
