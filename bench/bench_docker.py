@@ -108,7 +108,7 @@ async def idle_memory(data: Path, counts: list[int]) -> None:
             used = (before - mem_available_kib()) / 1024
             print(f"idle memory, {n:3d} sandboxes            {used:8.0f} MiB total, {used / n:6.1f} MiB each")
             await asyncio.gather(*(b.close() for b in boxes))
-            await asyncio.gather(*backend._teardowns, return_exceptions=True)
+            await backend.sandboxes.drain()
     finally:
         await backend.stop()
 
