@@ -35,7 +35,7 @@ from sandboxes.kernel import (
     kernel_command,
     kernel_context,
 )
-from sandboxes.mounts import mount_tmpfs, unmount, unmount_under
+from sandboxes.mounts import WorkDirTmpfs, unmount, unmount_under
 from sandboxes.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -102,8 +102,7 @@ class DockerBackend:
         self.runtimes = sorted(info.get("Runtimes", {}))
         if config.runtime and config.runtime not in self.runtimes:
             raise SandboxError(f"the engine has no runtime {config.runtime!r} (it has {', '.join(self.runtimes)})")
-        self.can_mount = os.geteuid() == 0
-        self.mount_error = "the service does not run as root"
+        self.tmpfs = WorkDirTmpfs(config.work_dir_size_mb)
         self.context: zmq.asyncio.Context | None = None
         self.sandboxes: Registry[ContainerProcess] = Registry(self.root)
         self._live = self.sandboxes.live
@@ -124,11 +123,7 @@ class DockerBackend:
             "userns_remap": any("userns" in o for o in self.security),
             "apparmor": any("apparmor" in o for o in self.security),
             "network": "none",
-            "work_dir": (
-                f"tmpfs {self.config.work_dir_size_mb} MiB"
-                if self.can_mount
-                else f"host dir, size not capped ({self.mount_error})"
-            ),
+            "work_dir": self.tmpfs.describe(),
             "live_sandboxes": len(self._live),
         }
 
@@ -332,23 +327,7 @@ class ContainerProcess:
         await asyncio.to_thread(self._prepare_dirs)
 
     def _prepare_dirs(self) -> None:
-        b = self.backend
-        self.paths.dir.mkdir(mode=0o700)
-        self.paths.workdir.mkdir(mode=0o700)
-        self.paths.rundir.mkdir(mode=0o700)
-        owner = self.file_owner
-        if b.can_mount:
-            why = mount_tmpfs(self.paths.workdir, b.config.work_dir_size_mb, SANDBOX_UID)
-            if why is None:
-                self._mounted = True
-            else:
-                # Typically a service inside a container without CAP_SYS_ADMIN: stop trying, and say so.
-                log.warning("work dir tmpfs not mounted (%s): work dir sizes are not capped", why)
-                b.can_mount = False
-                b.mount_error = why
-        if owner is not None:
-            os.chown(self.paths.workdir, owner, owner)
-            os.chown(self.paths.rundir, owner, owner)
+        self._mounted = self.paths.create(self.backend.tmpfs, tmpfs_uid=SANDBOX_UID, owner=self.file_owner)
 
     async def launch(self) -> None:
         self.exit_code = None

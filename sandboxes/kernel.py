@@ -43,6 +43,7 @@ from sandboxes.base import (
     StatusEvent,
     StreamEvent,
 )
+from sandboxes.mounts import WorkDirTmpfs
 from sandboxes.runtime import SECCOMP_FAILED_EXIT
 
 log = logging.getLogger(__name__)
@@ -199,6 +200,24 @@ class KernelDriver:
         if self._own_context:
             self.client.context.destroy(linger=0)
 
+    async def _oversized(self) -> bool:
+        return await self._disconnected() and await self._still_alive_after_disconnect()
+
+    def _oversized_end(self, stray: int) -> list[Event]:
+        limit = self.max_message_bytes >> 20
+        return [
+            ErrorEvent(
+                name="OutputLimitExceeded",
+                value=f"the kernel sent a message part larger than {limit} MiB; the kernel was stopped",
+            ),
+            EndEvent(
+                status="dead",
+                reason=f"the kernel sent a message part larger than {limit} MiB",
+                kernel_alive=False,
+                stray=stray,
+            ),
+        ]
+
     async def _still_alive_after_disconnect(self) -> bool:
         """A dying kernel drops its connection too: only one that lives on sent something too large."""
         for _ in range(20):
@@ -275,25 +294,19 @@ class KernelDriver:
         next_interrupt = 0.0
         saw_error = False
         stray = 0
+        check_link = True
         past = set(self._past)
         self._past.append(msg_id)
         while True:
             if not self._is_alive():
                 yield EndEvent(status="dead", reason=self._dead_message(), kernel_alive=False, stray=stray)
                 return
-            if await self._disconnected() and await self._still_alive_after_disconnect():
-                limit = self.max_message_bytes >> 20
-                yield ErrorEvent(
-                    name="OutputLimitExceeded",
-                    value=f"the kernel sent a message part larger than {limit} MiB; the kernel was stopped",
-                )
-                yield EndEvent(
-                    status="dead",
-                    reason=f"the kernel sent a message part larger than {limit} MiB",
-                    kernel_alive=False,
-                    stray=stray,
-                )
+            # The link is looked at when iopub goes quiet and at the end, not per message (the hot path).
+            if check_link and await self._oversized():
+                for last in self._oversized_end(stray):
+                    yield last
                 return
+            check_link = False
             remaining = deadline - loop.time()
             if remaining <= 0:
                 if interrupted:
@@ -317,6 +330,7 @@ class KernelDriver:
             try:
                 msg = await self.client.get_iopub_msg(timeout=min(remaining, _LIVENESS_POLL_S))
             except queue.Empty:
+                check_link = True
                 continue
             parent = msg["parent_header"].get("msg_id")
             if parent != msg_id:
@@ -329,9 +343,14 @@ class KernelDriver:
                 continue
             if isinstance(event, ErrorEvent):
                 saw_error = True
-            yield event
             if isinstance(event, StatusEvent) and event.state == "idle":
+                if await self._oversized():
+                    for last in self._oversized_end(stray):
+                        yield last
+                    return
+                yield event
                 break
+            yield event
         await self._drain_reply(msg_id)
         if interrupted:
             yield EndEvent(status="timeout", reason=f"the cell ran past {timeout:g} s and was interrupted", stray=stray)
@@ -358,6 +377,17 @@ class KernelPaths:
     dir: Path
     rundir: Path
     workdir: Path
+
+    def create(self, tmpfs: WorkDirTmpfs, *, tmpfs_uid: int, owner: int | None) -> bool:
+        """Make the three dirs (0700), the work dir a tmpfs where the host allows; ``owner`` gets the work and
+        socket dirs. Returns whether the tmpfs was mounted (``unmount`` it at the end)."""
+        for d in (self.dir, self.workdir, self.rundir):
+            d.mkdir(mode=0o700)
+        mounted = tmpfs.mount(self.workdir, tmpfs_uid)
+        if owner is not None:
+            for d in (self.workdir, self.rundir):
+                os.chown(d, owner, owner)
+        return mounted
 
 
 class Provisioner(Protocol):

@@ -50,7 +50,7 @@ from sandboxes.kernel import (
     kernel_command,
     kernel_context,
 )
-from sandboxes.mounts import mount_tmpfs, unmount, unmount_under
+from sandboxes.mounts import WorkDirTmpfs, unmount, unmount_under
 from sandboxes.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -210,8 +210,7 @@ class LocalBackend:
         self.uids = UidPool(config.uid_lock_dir or config.run_dir / "executor-uids", config.uid_base, config.uid_count)
         self.python_base, self.venv = _python_layout()
         self.cache_dir = config.cache_dir or config.data_dir / "cache"
-        self.can_mount = self.is_root
-        self.mount_error = "the service does not run as root"
+        self.tmpfs = WorkDirTmpfs(config.work_dir_size_mb)
         self.context: zmq.asyncio.Context | None = None
         self.sandboxes: Registry[KernelSandbox] = Registry(self.root)
         self._live = self.sandboxes.live
@@ -239,11 +238,7 @@ class LocalBackend:
             "cgroups": self.cgroups.reason if self.cgroups.available else f"off ({self.cgroups.reason})",
             "pids": pids,
             "network": "none" if self.jail != "none" else "host (unjailed!)",
-            "work_dir": (
-                f"tmpfs {self.config.work_dir_size_mb} MiB"
-                if self.can_mount
-                else f"host dir, total size not capped ({self.mount_error}); each file is capped by RLIMIT_FSIZE"
-            ),
+            "work_dir": self.tmpfs.describe("; each file is capped by RLIMIT_FSIZE"),
             "live_sandboxes": len(self._live),
         }
 
@@ -405,20 +400,7 @@ class LocalProcess:
     def _prepare_dirs(self) -> None:
         b = self.backend
         self.uid = b.uids.take() if b.is_root else os.geteuid()
-        self.paths.dir.mkdir(mode=0o700)
-        for d in (self.paths.workdir, self.paths.rundir):
-            d.mkdir(mode=0o700)
-        if b.can_mount:
-            why = mount_tmpfs(self.paths.workdir, b.config.work_dir_size_mb, self.uid)
-            if why is None:
-                self._mounted = True
-            else:
-                log.warning("work dir tmpfs not mounted (%s): work dir sizes are not capped", why)
-                b.can_mount = False
-                b.mount_error = why
-        if b.is_root:
-            for d in (self.paths.workdir, self.paths.rundir):
-                os.chown(d, self.uid, self.uid)
+        self._mounted = self.paths.create(b.tmpfs, tmpfs_uid=self.uid, owner=self.uid if b.is_root else None)
 
     async def launch(self) -> None:
         b = self.backend

@@ -47,3 +47,29 @@ def mounts_under(root: Path) -> list[str]:
 def unmount_under(root: Path) -> int:
     """Detach every mount below ``root`` (work dirs of sandboxes that were not cleaned up)."""
     return sum(1 for point in mounts_under(root) if unmount(Path(point)))
+
+
+class WorkDirTmpfs:
+    """Size-capped tmpfs work dirs while the host lets the service mount them (root). The first refusal (say, a
+    service in a container without CAP_SYS_ADMIN) turns them off for the backend, and ``describe`` says why."""
+
+    def __init__(self, size_mb: int) -> None:
+        self.size_mb = size_mb
+        self.enabled = os.geteuid() == 0
+        self.error = "the service does not run as root"
+
+    def mount(self, target: Path, uid: int) -> bool:
+        if not self.enabled:
+            return False
+        why = mount_tmpfs(target, self.size_mb, uid)
+        if why is None:
+            return True
+        log.warning("work dir tmpfs not mounted (%s): work dir sizes are not capped", why)
+        self.enabled = False
+        self.error = why
+        return False
+
+    def describe(self, otherwise: str = "") -> str:
+        if self.enabled:
+            return f"tmpfs {self.size_mb} MiB"
+        return f"host dir, total size not capped ({self.error}){otherwise}"

@@ -105,12 +105,7 @@ class SessionInfo(BaseModel):
             reason=view.reason,
             created_at=view.created_at,
             expires_at=view.expires_at,
-            limits=SessionLimits(
-                timeout_s=view.limits.timeout_s,
-                memory_mb=view.limits.memory_mb,
-                cpus=view.limits.cpus,
-                pids=view.limits.pids,
-            ),
+            limits=SessionLimits.model_validate(view.limits, from_attributes=True),
             jail=view.jail,
             sandbox_id=view.sandbox_id,
             ref=view.ref,
