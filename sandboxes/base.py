@@ -66,6 +66,17 @@ class ClearEvent:
 
 
 @dataclass(slots=True)
+class InputRequestEvent:
+    """The kernel asks its client for a line (``input()``, the stdin channel); answer with ``reply_input``.
+
+    Only yielded by ``execute(..., allow_stdin=True)``; the cell waits until it is answered or interrupted."""
+
+    prompt: str
+    password: bool = False
+    type: Literal["input_request"] = "input_request"
+
+
+@dataclass(slots=True)
 class StatusEvent:
     state: Literal["busy", "idle"]
     type: Literal["status"] = "status"
@@ -90,7 +101,7 @@ class EndEvent:
     type: Literal["end"] = "end"
 
 
-Event = StreamEvent | DisplayEvent | ResultEvent | ErrorEvent | ClearEvent | StatusEvent | EndEvent
+Event = StreamEvent | DisplayEvent | ResultEvent | ErrorEvent | ClearEvent | StatusEvent | InputRequestEvent | EndEvent
 
 
 def instance_id(data_dir: Path) -> str:
@@ -132,10 +143,16 @@ class Sandbox(Protocol):
     async def start(self) -> None:
         """Start the kernel and return once it answers and its output channel is live."""
 
-    def execute(self, code: str, *, timeout: float, silent: bool = False) -> AsyncIterator[Event]:
+    def execute(
+        self, code: str, *, timeout: float, silent: bool = False, allow_stdin: bool = False
+    ) -> AsyncIterator[Event]:
         """Run ``code``; yield its Events as they arrive, ending with exactly one EndEvent.
 
-        ``silent`` runs it without an execution count or history (warm-up code)."""
+        ``silent`` runs it without an execution count or history (warm-up code). With ``allow_stdin`` the
+        kernel may ask for input: an InputRequestEvent, answered with ``reply_input``."""
+
+    async def reply_input(self, value: str) -> None:
+        """Answer the kernel's pending input request (see InputRequestEvent)."""
 
     async def interrupt(self) -> None:
         """Ask the running cell to stop (KeyboardInterrupt in the kernel)."""

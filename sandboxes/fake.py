@@ -72,6 +72,7 @@ class FakeSandbox:
         self.executed: list[str] = []
         self.interrupts = 0
         self.restarts = 0
+        self.inputs: list[str] = []  # what reply_input was given, in order
         self._state: SandboxState = "starting"
         self._exit_reason: str | None = None
         self._interrupted = asyncio.Event()
@@ -106,7 +107,9 @@ class FakeSandbox:
             raise SandboxError(self.backend.fail_start)
         self._state = "idle"
 
-    async def execute(self, code: str, *, timeout: float, silent: bool = False) -> AsyncIterator[Event]:
+    async def execute(
+        self, code: str, *, timeout: float, silent: bool = False, allow_stdin: bool = False
+    ) -> AsyncIterator[Event]:
         if self._state == "restarting":
             raise SandboxBusy("the kernel is restarting")
         if not self.alive:
@@ -160,6 +163,9 @@ class FakeSandbox:
         except TimeoutError:
             return "slept" if seconds <= remaining else "timeout"
         return "interrupted"
+
+    async def reply_input(self, value: str) -> None:
+        self.inputs.append(value)
 
     async def interrupt(self) -> None:
         self.interrupts += 1

@@ -35,6 +35,7 @@ from sandboxes.base import (
     EndEvent,
     ErrorEvent,
     Event,
+    InputRequestEvent,
     Limits,
     ResultEvent,
     SandboxBusy,
@@ -185,7 +186,7 @@ class KernelDriver:
 
     def start_channels(self) -> None:
         # No heartbeat channel: liveness comes from the process itself, which is both cheaper and exact.
-        self.client.start_channels(shell=True, iopub=True, stdin=False, hb=False, control=True)
+        self.client.start_channels(shell=True, iopub=True, stdin=True, hb=False, control=True)
         # A frame over MAXMSGSIZE makes libzmq drop the connection (and reconnect): the only sign is this event.
         self._monitor = self.client.iopub_channel.socket.get_monitor_socket(zmq.EVENT_DISCONNECTED)
 
@@ -278,17 +279,40 @@ class KernelDriver:
         msg = self.client.session.msg("interrupt_request", {})
         self.client.control_channel.send(msg)
 
-    async def execute(self, code: str, *, timeout: float, silent: bool = False) -> AsyncIterator[Event]:
+    async def reply_input(self, value: str) -> None:
+        """Answer the kernel's pending ``input_request`` on the stdin channel."""
+        self.client.input(value)
+
+    async def _next(self, timeout: float, stdin: zmq.asyncio.Poller | None) -> dict[str, Any]:
+        """The next iopub message, or with ``stdin`` whichever of iopub and stdin has one first."""
+        if stdin is None:
+            return await self.client.get_iopub_msg(timeout=timeout)
+        ready = dict(await stdin.poll(int(timeout * 1000)))
+        if self.client.stdin_channel.socket in ready:
+            return await self.client.get_stdin_msg(timeout=0)
+        if self.client.iopub_channel.socket in ready:
+            return await self.client.get_iopub_msg(timeout=0)
+        raise queue.Empty
+
+    async def execute(
+        self, code: str, *, timeout: float, silent: bool = False, allow_stdin: bool = False
+    ) -> AsyncIterator[Event]:
         """Run ``code`` and yield its Events, ending with one EndEvent.
 
         On wall-time expiry the cell is interrupted; if the kernel has not gone idle ``interrupt_grace_s``
-        later, the EndEvent says ``kernel_alive=False`` and the owner must kill the process.
+        later, the EndEvent says ``kernel_alive=False`` and the owner must kill the process. With
+        ``allow_stdin`` the kernel's input requests are yielded as InputRequestEvents (answer: ``reply_input``).
         """
         loop = asyncio.get_running_loop()
         # silent: no execution count, no history, no Out[] (warm-up code must leave no trace).
         msg_id = self.client.execute(
-            code, silent=silent, store_history=not silent, allow_stdin=False, stop_on_error=False
+            code, silent=silent, store_history=not silent, allow_stdin=allow_stdin, stop_on_error=False
         )
+        poller: zmq.asyncio.Poller | None = None
+        if allow_stdin:
+            poller = zmq.asyncio.Poller()
+            poller.register(self.client.iopub_channel.socket, zmq.POLLIN)
+            poller.register(self.client.stdin_channel.socket, zmq.POLLIN)
         deadline = loop.time() + timeout
         interrupted = False
         next_interrupt = 0.0
@@ -328,11 +352,18 @@ class KernelDriver:
                 await self.interrupt()
                 next_interrupt = loop.time() + _REINTERRUPT_S
             try:
-                msg = await self.client.get_iopub_msg(timeout=min(remaining, _LIVENESS_POLL_S))
+                msg = await self._next(min(remaining, _LIVENESS_POLL_S), poller)
             except queue.Empty:
                 check_link = True
                 continue
             parent = msg["parent_header"].get("msg_id")
+            if msg["msg_type"] == "input_request":
+                if parent == msg_id:
+                    content = msg["content"]
+                    yield InputRequestEvent(
+                        prompt=str(content.get("prompt", "")), password=bool(content.get("password", False))
+                    )
+                continue
             if parent != msg_id:
                 # Output of a thread an earlier cell started, routed to that cell by the runtime: not ours.
                 if parent in past and msg["msg_type"] in _OUTPUT_TYPES:
@@ -562,7 +593,9 @@ class KernelSandbox:
             if self._state == "restarting":
                 self._state = "idle"
 
-    async def execute(self, code: str, *, timeout: float, silent: bool = False) -> AsyncIterator[Event]:
+    async def execute(
+        self, code: str, *, timeout: float, silent: bool = False, allow_stdin: bool = False
+    ) -> AsyncIterator[Event]:
         """Run a cell: the Events, ending with one EndEvent. Raises SandboxBusy while restarting or busy."""
         if self._state in ("starting", "restarting", "busy"):
             raise SandboxBusy(f"the kernel is {self._state}")
@@ -572,7 +605,7 @@ class KernelSandbox:
             return
         self._state = "busy"
         try:
-            async for event in self.driver.execute(code, timeout=timeout, silent=silent):
+            async for event in self.driver.execute(code, timeout=timeout, silent=silent, allow_stdin=allow_stdin):
                 if isinstance(event, EndEvent):
                     event = await self._on_end(event)
                     # Before the last yield: a caller that stops iterating at the end never resumes us.
@@ -596,6 +629,11 @@ class KernelSandbox:
         if not end.kernel_alive:
             self._state = "dead"
         return end
+
+    async def reply_input(self, value: str) -> None:
+        """Answer the kernel's pending input request (ignored unless a cell is running)."""
+        if self.driver is not None and self._state == "busy":
+            await self.driver.reply_input(value)
 
     async def interrupt(self) -> None:
         if self.driver is not None and self.alive:

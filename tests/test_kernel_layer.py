@@ -130,3 +130,38 @@ def test_an_unprivileged_jail_bounds_processes_with_rlimit_nproc(tmp_path: Path)
     limits = argv[: argv.index("--", argv.index(backend.prlimit or "prlimit"))]
     assert "--nproc=77" in limits and "--unshare-all" in argv
     assert "preexec_fn" not in LocalProcess.launch.__code__.co_names
+
+
+async def test_a_kernels_input_request_is_yielded_and_answered(tmp_path: Path) -> None:
+    """The stdin channel (the tool host's ``__event_call__``): asked from the cell and from a thread of it;
+    without ``allow_stdin`` input() fails at once instead of waiting."""
+    from sandboxes.base import EndEvent, ErrorEvent, InputRequestEvent, StreamEvent
+
+    backend = LocalBackend(LocalConfig(data_dir=tmp_path / "d", use_cgroups=False))
+    await backend.start()
+    sandbox = await backend.create(Limits())
+    try:
+        code = (
+            "import asyncio, contextvars, threading\n"
+            "print('got', input('first?'))\n"
+            "ask, ctx, out = input, contextvars.copy_context(), []\n"
+            "asked = lambda: out.append(asyncio.run(asyncio.to_thread(ask, 'second?')))\n"
+            "t = threading.Thread(target=ctx.run, args=(asked,))\n"
+            "t.start(); t.join(); print('thread got', out[0])\n"
+        )
+        prompts, stdout = [], ""
+        async for event in sandbox.execute(code, timeout=20, allow_stdin=True):
+            if isinstance(event, InputRequestEvent):
+                prompts.append(event.prompt)
+                await sandbox.reply_input(event.prompt.upper())
+            elif isinstance(event, StreamEvent):
+                stdout += event.text
+            elif isinstance(event, EndEvent):
+                assert event.status == "ok", event
+        assert prompts == ["first?", "second?"]
+        assert stdout == "got FIRST?\nthread got SECOND?\n"
+        events = [e async for e in sandbox.execute("input('x')", timeout=20)]
+        assert any(isinstance(e, ErrorEvent) and e.name == "StdinNotImplementedError" for e in events)
+    finally:
+        await sandbox.close()
+        await backend.stop()
