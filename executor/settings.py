@@ -173,6 +173,28 @@ class Settings(BaseSettings):
         False, description="Send X-OpenWebUI-User-* headers with the caller's identity to tool servers."
     )
 
+    # Tool modules (executor/tools/): Open WebUI tool files run in sandboxes of their own.
+    tool_backend: str | None = Field(
+        None, description="Backend of tool sandboxes (one of the allowed backends); default EXECUTOR_BACKEND."
+    )
+    tool_call_timeout_s: float = Field(60, gt=0, description="Wall time of one tool call, event-call waits included.")
+    tool_import_timeout_s: float = Field(
+        20, gt=0, description="How long importing a tool file may take (registration, and a sandbox's first call)."
+    )
+    tool_event_call_timeout_s: float = Field(
+        120, gt=0, description="How long a tool's __event_call__ waits for POST .../calls/{call_id}/reply."
+    )
+    tool_sandbox_idle_s: float = Field(
+        600, gt=0, description="A warm tool sandbox (one tool, one user) is closed after this long unused."
+    )
+    tool_sandboxes_per_principal: int = Field(
+        4, ge=1, description="Warm tool sandboxes kept per principal; the least recently used one goes first."
+    )
+    tool_max_result_bytes: int = Field(
+        4 << 20, ge=1024, description="Cap on a tool call's result, outputs and events together (encoded)."
+    )
+    tool_max_events: int = Field(1000, ge=0, description="__event_emitter__ events kept per tool call.")
+
     @field_validator(
         "api_keys", "admin_api_keys", "forward_identity_api_keys", "allowed_backends", "egress_allowlist", mode="before"
     )

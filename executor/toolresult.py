@@ -29,6 +29,11 @@ class ToolResult(BaseModel):
     http_status: int | None = None
     error: ToolError | None = None
     outputs: list[ToolOutput] = Field(default_factory=list)
+    events: list[dict[str, Any]] = Field(
+        default_factory=list, description="What a tool module sent through __event_emitter__, in order."
+    )
+    stdout: str = Field("", description="What a tool module printed (tool modules only).")
+    stderr: str = ""
     truncated: bool = False
     started_at: datetime
     finished_at: datetime

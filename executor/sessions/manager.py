@@ -225,6 +225,7 @@ class SessionManager:
         }
         self.sessions: dict[str, Session] = {}
         self._starting: dict[str, int] = {}  # principal -> sessions being created
+        self._leases: dict[str, str] = {}  # sandbox id -> owner, for sandboxes outside sessions (tool hosts)
         self._culler: asyncio.Task[None] | None = None
         self._started: list[str] = []  # backends started (and so to stop), in order
         self._keeps_files: dict[str, bool] = {}
@@ -344,7 +345,7 @@ class SessionManager:
         """Sandboxes on this host: live sessions, and what the pools hold or are starting (a request waiting
         in ``acquire`` is counted there until it is handed its sandbox)."""
         live = sum(1 for s in self.sessions.values() if s.status in ("idle", "busy"))
-        return live + sum(len(p) for p in self.pools.values())
+        return live + len(self._leases) + sum(len(p) for p in self.pools.values())
 
     def _has_room(self) -> bool:
         return self._in_use() < self.settings.max_sessions
@@ -353,6 +354,7 @@ class SessionManager:
         # The host's own bound is the pools' may_grow (asked before every start); these are the caller's.
         # (a pooled hand-out still counts against the owner's own limits)
         live = [s.owner for s in self.sessions.values() if s.status in ("idle", "busy")]
+        live += self._leases.values()
         mine = live.count(owner) + self._starting.get(owner, 0)
         if mine >= self.settings.max_sessions_per_principal:
             raise RateLimited(
@@ -397,6 +399,27 @@ class SessionManager:
             self._starting[owner] -= 1
             if not self._starting[owner]:
                 del self._starting[owner]
+
+    async def lease(self, owner: str, *, backend: str | None = None, purpose: str = "tool") -> Sandbox:
+        """A sandbox outside any session (a tool host), counted against the same limits as sessions: the
+        host's, the owner's and the key's. The caller closes it with :meth:`release`. RateLimited when full."""
+        name = backend or self.settings.backend
+        if name not in self.backends:
+            reason = self.unavailable.get(name, "it is not one of the allowed backends")
+            raise Unavailable("backend_unavailable", f"backend {name!r} is unavailable: {reason}")
+        limits = self._sandbox_limits(self._resolve_limits(LimitsRequest()))
+        sandbox = await self._acquire_sandbox(name, limits, None, owner, f"{purpose}-{_new_id()}")
+        self._leases[sandbox.id] = owner
+        return sandbox
+
+    async def release(self, sandbox: Sandbox) -> None:
+        """Close a leased sandbox (idempotent) and stop counting it."""
+        try:
+            await sandbox.close()
+        finally:
+            self._leases.pop(sandbox.id, None)
+            for pool in self.pools.values():
+                pool.refill()
 
     async def create(self, owner: str, req: NewSession) -> Session:
         """Start a sandbox for ``owner``; RateLimited when the host or the owner is at capacity."""
