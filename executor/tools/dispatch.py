@@ -20,7 +20,7 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -146,6 +146,7 @@ class ToolHosts:
         self._making: dict[HostKey, asyncio.Lock] = {}
         self._pending: dict[str, _Pending] = {}
         self._culler: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
 
     # -- lifecycle -------------------------------------------------------------------------------------
@@ -163,7 +164,16 @@ class ToolHosts:
         for pending in self._pending.values():
             if not pending.future.done():
                 pending.future.cancel()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         await asyncio.gather(*(self._drop(h) for h in list(self._hosts.values())), return_exceptions=True)
+
+    def spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run a call that outlives its request (a stream whose listener left); ended by ``close``."""
+        task = asyncio.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     @property
     def live(self) -> int:

@@ -86,3 +86,13 @@ class ToolRuntime(Protocol):
 
     async def forget(self, tool_id: str) -> None:
         """Close every sandbox of this tool (it changed or was deleted)."""
+
+
+class ToolCatalog(Protocol):
+    """What calls need from the registry. Implemented by ``executor.tools.registry.ToolRegistry``."""
+
+    async def usable(self, principal: Principal) -> list[ToolRecord]:
+        """Every tool the principal may read (and so call), in a stable order."""
+
+    async def for_call(self, principal: Principal, tool_id: str) -> tuple[ToolRecord, dict[str, Any]]:
+        """The tool and the principal's user valves (secrets in clear); NotFound without read access."""
