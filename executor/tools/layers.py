@@ -238,8 +238,11 @@ class LayerBuilder:
 
             build.task.add_done_callback(done)
         if progress is not None:
-            for line in list(build.seen):
-                progress(line)
+            for line in list(build.seen):  # a caller joining a build in flight first gets what it missed
+                try:
+                    progress(line)
+                except Exception:
+                    log.exception("a layer build progress callback failed")
             build.listeners.append(progress)
         assert build.task is not None
         try:
