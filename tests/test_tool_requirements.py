@@ -226,6 +226,19 @@ async def test_a_layer_for_another_interpreter_is_built_with_its_tags(builder: L
     assert not list(layer.path.rglob("*.pyc")) and list(native.path.rglob("*.pyc"))
 
 
+async def test_prune_removes_layers_not_kept(builder: LayerBuilder) -> None:
+    a = await builder.ensure(parse_requirements("exectest-dep"))
+    b = await builder.ensure(parse_requirements("exectest-top"))
+    assert await builder.prune([b.id]) == [a.id]
+    assert leftovers(builder) == [b.id]
+    assert (await builder.ensure(parse_requirements("exectest-dep"))).id == a.id  # built again on demand
+
+
+async def test_no_requirements_need_no_layer(builder: LayerBuilder) -> None:
+    with pytest.raises(ValueError):
+        await builder.ensure(parse_requirements(""))
+
+
 async def test_two_callers_share_one_build(builder: LayerBuilder) -> None:
     calls = 0
     original = builder._pip

@@ -31,7 +31,7 @@ import stat
 import sys
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -252,6 +252,24 @@ class LayerBuilder:
             if progress is not None:
                 with contextlib.suppress(ValueError):
                     build.listeners.remove(progress)
+
+    async def prune(self, keep: Collection[str]) -> list[str]:
+        """Remove every finished layer whose id is not in ``keep`` (the layers of the tools still registered);
+        returns the removed ids. Builds in flight are never touched. Only call it for layers no live sandbox
+        uses: a bind mount shows the same directory, so its files would vanish inside the sandbox too."""
+        keep = set(keep) | set(self._builds)
+        return await asyncio.to_thread(self._prune, keep)
+
+    def _prune(self, keep: set[str]) -> list[str]:
+        removed: list[str] = []
+        if not self.root.is_dir():
+            return removed
+        for entry in self.root.iterdir():
+            if entry.name.startswith(".") or entry.name in keep:
+                continue
+            _rmtree(entry)
+            removed.append(entry.name)
+        return sorted(removed)
 
     async def close(self) -> None:
         """Cancel builds in flight (their pip is killed, their temporary dirs removed)."""
