@@ -6,10 +6,13 @@ Events are a typed, transport-free view of the kernel's iopub messages; the serv
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterator, Collection
+from collections.abc import AsyncIterator, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from sandboxes.layers import LayerTarget
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,10 +205,20 @@ class Backend(Protocol):
         """Remove what no live sandbox owns (periodically)."""
 
     async def create(
-        self, limits: Limits, env: dict[str, str] | None = None, labels: dict[str, str] | None = None
+        self,
+        limits: Limits,
+        env: dict[str, str] | None = None,
+        labels: dict[str, str] | None = None,
+        *,
+        layers: Sequence[Path] = (),
     ) -> Sandbox:
         """A new, started sandbox. ``labels`` name its owner where the backend can show them (containers).
+        ``layers`` are package dirs (``sandboxes/layers.py``) mounted read-only and put on the kernel's
+        ``sys.path`` in this order, after the runtime and before the interpreter's own packages.
         Raises SandboxError saying why it could not start."""
+
+    async def layer_target(self) -> LayerTarget:
+        """The interpreter this backend's kernels run, which the packages in ``layers`` must be built for."""
 
     async def stop(self) -> None:
         """Remove every sandbox of this backend."""

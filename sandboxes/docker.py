@@ -19,7 +19,7 @@ import shutil
 import signal
 import threading
 import time
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,7 @@ from sandboxes.kernel import (
     kernel_command,
     kernel_context,
 )
+from sandboxes.layers import PROBE, LayerTarget, layer_mounts, parse_probe_output
 from sandboxes.mounts import WorkDirTmpfs, unmount, unmount_under
 from sandboxes.registry import Registry
 
@@ -110,6 +111,7 @@ class DockerBackend:
         self._events: Any = None
         self._watcher: threading.Thread | None = None
         self._stopping = False
+        self._layer_target: LayerTarget | None = None
 
     def describe(self) -> dict[str, Any]:
         """What /readyz shows: engine, image, and the isolation features really in force."""
@@ -260,11 +262,49 @@ class DockerBackend:
             self.context.destroy(linger=0)
             self.context = None
 
+    async def layer_target(self) -> LayerTarget:
+        """The image's interpreter, probed once in a throwaway container (no network, read-only, no capabilities)."""
+        if self._layer_target is None:
+            output = await asyncio.to_thread(self._probe)
+            self._layer_target = parse_probe_output(output)
+            log.info("docker: package layers target %s (image %s)", self._layer_target.key, self.config.image)
+        return self._layer_target
+
+    def _probe(self) -> bytes:
+        try:
+            out = self.client.containers.run(
+                self.config.image,
+                [IN_PYTHON, "-I", "-c", PROBE],
+                remove=True,
+                network_mode="none",
+                cap_drop=["ALL"],
+                security_opt=["no-new-privileges"],
+                user=f"{SANDBOX_UID}:{SANDBOX_UID}",
+                read_only=True,
+                mem_limit="128m",
+                pids_limit=16,
+                labels={LABEL_INSTANCE: self.instance, LABEL_SANDBOX: "layer-probe"},
+                stdout=True,
+                stderr=False,
+            )
+        except Exception as exc:
+            raise SandboxError(f"could not probe the interpreter of {self.config.image!r}: {exc}") from None
+        return bytes(out)
+
     async def create(
-        self, limits: Limits, env: Mapping[str, str] | None = None, labels: Mapping[str, str] | None = None
+        self,
+        limits: Limits,
+        env: Mapping[str, str] | None = None,
+        labels: Mapping[str, str] | None = None,
+        *,
+        layers: Sequence[Path] = (),
     ) -> KernelSandbox:
+        """A started container sandbox; ``layers`` are bind-mounted read-only at ``/opt/executor/layers/<n>`` and
+        put on ``PYTHONPATH`` after the runtime. (A service in a container needs the layer cache at the same
+        path as on the host, like its data dir: mount sources are host paths.)"""
+        mounts = layer_mounts(layers)
         sandbox_id = secrets.token_hex(6)
-        process = ContainerProcess(self, sandbox_id, limits, dict(env or {}), dict(labels or {}))
+        process = ContainerProcess(self, sandbox_id, limits, dict(env or {}), dict(labels or {}), mounts)
         sandbox = KernelSandbox(
             sandbox_id,
             limits,
@@ -296,10 +336,12 @@ class ContainerProcess:
         limits: Limits,
         env: dict[str, str],
         labels: dict[str, str] | None = None,
+        layers: Sequence[tuple[Path, str]] = (),
     ) -> None:
         self.backend = backend
         self.id = sandbox_id
         self.labels = labels or {}
+        self.layers = list(layers)  # (host dir, path in the container)
         self.limits = limits
         self.env = env
         d = backend.root / sandbox_id
@@ -350,7 +392,7 @@ class ContainerProcess:
             "MPLCONFIGDIR": "/tmp/matplotlib",
             "IPYTHONDIR": "/tmp/ipython",
             "JUPYTER_RUNTIME_DIR": "/tmp/jupyter",
-            "PYTHONPATH": "/opt/executor/lib",
+            "PYTHONPATH": ":".join(["/opt/executor/lib", *(inside for _, inside in self.layers)]),
             "EXECUTOR_FONT_CACHE": "/opt/executor/cache/matplotlib",
             "PYTHONDONTWRITEBYTECODE": "1",
             "OMP_NUM_THREADS": threads,
@@ -373,6 +415,7 @@ class ContainerProcess:
             mounts=[
                 Mount(IN_WORK, str(self.paths.workdir), type="bind"),
                 Mount(IN_RUN, str(self.paths.rundir), type="bind"),
+                *(Mount(inside, str(host), type="bind", read_only=True) for host, inside in self.layers),
             ],
             working_dir=IN_WORK,
             mem_limit=f"{lim.memory_mb}m",

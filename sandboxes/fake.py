@@ -26,7 +26,7 @@ import asyncio
 import secrets
 import shutil
 import tempfile
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,7 @@ from sandboxes.base import (
     StatusEvent,
     StreamEvent,
 )
+from sandboxes.layers import LayerTarget, native_target
 
 Step = Event | float
 Handler = Callable[[str], Iterable[Step]]
@@ -70,6 +71,7 @@ class FakeSandbox:
         self.dir = backend.root / sandbox_id
         self.workdir = self.dir / "work"
         self.executed: list[str] = []
+        self.layers: list[Path] = []
         self.interrupts = 0
         self.restarts = 0
         self.inputs: list[str] = []  # what reply_input was given, in order
@@ -245,10 +247,19 @@ class FakeBackend:
     async def reap(self) -> dict[str, int]:
         return {}
 
+    async def layer_target(self) -> LayerTarget:
+        return native_target()
+
     async def create(
-        self, limits: Limits, env: Mapping[str, str] | None = None, labels: Mapping[str, str] | None = None
+        self,
+        limits: Limits,
+        env: Mapping[str, str] | None = None,
+        labels: Mapping[str, str] | None = None,
+        *,
+        layers: Sequence[Path] = (),
     ) -> FakeSandbox:
         sandbox = FakeSandbox(self, secrets.token_hex(6), limits, dict(env or {}))
+        sandbox.layers = [Path(p) for p in layers]  # recorded, never mounted: nothing runs here
         self.created += 1
         self.live[sandbox.id] = sandbox
         self.peak_live = max(self.peak_live, len(self.live))

@@ -33,7 +33,7 @@ import shutil
 import signal
 import stat
 import sys
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,6 +50,7 @@ from sandboxes.kernel import (
     kernel_command,
     kernel_context,
 )
+from sandboxes.layers import LayerTarget, layer_mounts, native_target
 from sandboxes.mounts import WorkDirTmpfs, unmount, unmount_under
 from sandboxes.registry import Registry
 
@@ -214,6 +215,7 @@ class LocalBackend:
         self.context: zmq.asyncio.Context | None = None
         self.sandboxes: Registry[KernelSandbox] = Registry(self.root)
         self._live = self.sandboxes.live
+        self._layer_target: LayerTarget | None = None
         self._check_layout()
 
     def _check_layout(self) -> None:
@@ -340,15 +342,28 @@ class LocalBackend:
             self.context.destroy(linger=0)
             self.context = None
 
+    async def layer_target(self) -> LayerTarget:
+        """Kernels run the service's own interpreter."""
+        if self._layer_target is None:
+            self._layer_target = native_target()
+        return self._layer_target
+
     async def create(
-        self, limits: Limits, env: Mapping[str, str] | None = None, labels: Mapping[str, str] | None = None
+        self,
+        limits: Limits,
+        env: Mapping[str, str] | None = None,
+        labels: Mapping[str, str] | None = None,
+        *,
+        layers: Sequence[Path] = (),
     ) -> KernelSandbox:
-        """Start a new jailed kernel; returns once it is ready to execute."""
+        """Start a new jailed kernel; returns once it is ready to execute. ``layers`` are bound read-only at
+        ``/opt/executor/layers/<n>`` (unjailed: used in place) and put on ``PYTHONPATH`` after the runtime."""
+        mounts = layer_mounts(layers)
         sandbox_id = secrets.token_hex(6)
         sandbox = KernelSandbox(
             sandbox_id,
             limits,
-            LocalProcess(self, sandbox_id, limits, dict(env or {})),
+            LocalProcess(self, sandbox_id, limits, dict(env or {}), mounts),
             start_timeout_s=self.config.start_timeout_s,
             context=self.context,
             max_message_bytes=self.config.max_message_bytes,
@@ -366,11 +381,19 @@ class LocalBackend:
 class LocalProcess:
     """The provisioner of one jailed ipykernel (see the module docstring for the jail)."""
 
-    def __init__(self, backend: LocalBackend, sandbox_id: str, limits: Limits, env: dict[str, str]) -> None:
+    def __init__(
+        self,
+        backend: LocalBackend,
+        sandbox_id: str,
+        limits: Limits,
+        env: dict[str, str],
+        layers: Sequence[tuple[Path, str]] = (),
+    ) -> None:
         self.backend = backend
         self.id = sandbox_id
         self.limits = limits
         self.env = env
+        self.layers = list(layers)  # (host dir, path in the jail)
         self.jail = backend.jail
         d = backend.root / sandbox_id
         self.paths = KernelPaths(dir=d, rundir=backend.run_root / sandbox_id, workdir=d / "work")
@@ -463,7 +486,11 @@ class LocalProcess:
                 "MPLCONFIGDIR": "/tmp/matplotlib" if jailed else str(d / "mpl"),
                 "IPYTHONDIR": "/tmp/ipython" if jailed else str(d / "ipython"),
                 "JUPYTER_RUNTIME_DIR": "/tmp/jupyter" if jailed else str(d / "jupyter"),
-                "PYTHONPATH": JAIL_LIB if jailed else str(RUNTIME_DIR.parent),
+                "PYTHONPATH": os.pathsep.join(
+                    [JAIL_LIB, *(inside for _, inside in self.layers)]
+                    if jailed
+                    else [str(RUNTIME_DIR.parent), *(str(host) for host, _ in self.layers)]
+                ),
                 "EXECUTOR_FONT_CACHE": (
                     f"{JAIL_CACHE}/matplotlib" if jailed else str(self.backend.cache_dir / "matplotlib")
                 ),
@@ -520,6 +547,8 @@ class LocalProcess:
         if b.venv:
             argv += [*_dirs_for(JAIL_VENV), "--ro-bind", str(b.venv), JAIL_VENV]
         argv += [*_dirs_for(JAIL_LIB + "/x"), "--ro-bind", str(RUNTIME_DIR), f"{JAIL_LIB}/sandbox_runtime"]
+        for host, inside in self.layers:
+            argv += [*_dirs_for(inside), "--ro-bind", str(host), inside]
         if (b.cache_dir / "matplotlib").is_dir():
             argv += ["--ro-bind", str(b.cache_dir), JAIL_CACHE]
         argv += ["--perms", "0755", "--dir", "/etc"]

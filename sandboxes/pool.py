@@ -24,8 +24,9 @@ import logging
 import math
 import os
 from collections import deque
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from sandboxes.base import Backend, EndEvent, Limits, Sandbox, SandboxError
@@ -244,6 +245,7 @@ class Pool:
         labels: dict[str, str] | None = None,
         *,
         deadline_s: float,
+        layers: Sequence[Path] = (),
     ) -> Sandbox:
         """A started sandbox for a request, within ``deadline_s`` seconds or not at all.
 
@@ -253,6 +255,7 @@ class Pool:
         from moving averages of recent ones); else a cold start through the gate. A pooled one
         that has not begun is never waited for: a cold start would be at the same place in the queue and skip
         the warm-up. ``labels`` apply to cold starts only (pooled sandboxes exist before their session).
+        A request with package ``layers`` is always a cold start (pooled sandboxes have none), through the same gate.
 
         Raises ``HostBusy`` when a cold start is needed and ``may_grow()`` says no; ``StartQueueFull`` when the
         start would not finish in time (estimated now, or not begun in time); ``SandboxError`` when the start
@@ -262,7 +265,7 @@ class Pool:
         while True:
             if self._closed:
                 raise SandboxError("the service is stopping; no new sandboxes")
-            if not self.fits(limits, env):
+            if layers or not self.fits(limits, env):
                 break
             slot = self._take_ready()
             if slot is not None:
@@ -277,7 +280,7 @@ class Pool:
             if sandbox is not None:
                 return sandbox
             # Its start failed: try again from the top (another ready or in-flight one, or a cold start).
-        return await self._cold_start(limits, env, labels, end)
+        return await self._cold_start(limits, env, labels, end, tuple(layers))
 
     def take(self) -> Sandbox | None:
         """A ready pooled sandbox or None, without waiting; schedules a refill. (The older interface: new
@@ -349,7 +352,12 @@ class Pool:
         return sandbox
 
     async def _cold_start(
-        self, limits: Limits, env: dict[str, str] | None, labels: dict[str, str] | None, end: float
+        self,
+        limits: Limits,
+        env: dict[str, str] | None,
+        labels: dict[str, str] | None,
+        end: float,
+        layers: tuple[Path, ...] = (),
     ) -> Sandbox:
         loop = asyncio.get_running_loop()
         if not self.may_grow():
@@ -363,7 +371,7 @@ class Pool:
                 max(1, math.ceil(estimate - remaining)),
             )
         self._cold += 1
-        task = asyncio.create_task(self._start_cold(limits, env, labels, remaining - self._start.value))
+        task = asyncio.create_task(self._start_cold(limits, env, labels, remaining - self._start.value, layers))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         try:
@@ -383,7 +391,12 @@ class Pool:
         return sandbox
 
     async def _start_cold(
-        self, limits: Limits, env: dict[str, str] | None, labels: dict[str, str] | None, begin_within: float
+        self,
+        limits: Limits,
+        env: dict[str, str] | None,
+        labels: dict[str, str] | None,
+        begin_within: float,
+        layers: tuple[Path, ...] = (),
     ) -> Sandbox:
         try:
             entered = await self.gate.enter(urgent=True, begin_within=begin_within)
@@ -395,7 +408,12 @@ class Pool:
         try:
             if self._closed:
                 raise SandboxError("the service is stopping; no new sandboxes")
-            sandbox = await self.backend.create(limits, env, labels)
+            # Only a request with layers passes the keyword, so a backend written before layers still works.
+            sandbox = await (
+                self.backend.create(limits, env, labels, layers=layers)
+                if layers
+                else self.backend.create(limits, env, labels)
+            )
             self._start.add(asyncio.get_running_loop().time() - entered)
         finally:
             self.gate.leave(entered, urgent=True)
