@@ -194,9 +194,24 @@ class Settings(BaseSettings):
         4 << 20, ge=1024, description="Cap on a tool call's result, outputs and events together (encoded)."
     )
     tool_max_events: int = Field(1000, ge=0, description="__event_emitter__ events kept per tool call.")
+    tool_layer_timeout_s: float = Field(
+        600, gt=0, description="How long installing one requirement set (a tool's frontmatter requirements) may take."
+    )
+    tool_layer_max_mb: int = Field(1024, ge=1, description="Largest installed requirement set.")
+    tool_pip_index_url: str | None = Field(None, description="Package index for requirements (default: PyPI).")
+    tool_pip_find_links: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Comma-separated extra wheel directories or pages for requirements."
+    )
+    tool_pip_no_index: bool = Field(False, description="Install requirements only from EXECUTOR_TOOL_PIP_FIND_LINKS.")
 
     @field_validator(
-        "api_keys", "admin_api_keys", "forward_identity_api_keys", "allowed_backends", "egress_allowlist", mode="before"
+        "api_keys",
+        "admin_api_keys",
+        "forward_identity_api_keys",
+        "allowed_backends",
+        "egress_allowlist",
+        "tool_pip_find_links",
+        mode="before",
     )
     @classmethod
     def _split_commas(cls, value: object) -> object:

@@ -235,9 +235,7 @@ def face_response(result: ToolResult) -> Response:
         return JSONResponse({"detail": detail, "error": "tool_error", "field": None}, 500)
     for output in result.outputs:
         if output.type == "html":
-            return Response(
-                output.data, media_type="text/html", headers={"Content-Disposition": "inline"}
-            )
+            return Response(output.data, media_type="text/html", headers={"Content-Disposition": "inline"})
     value = result.result
     if isinstance(value, bytes):
         return Response(base64.b64encode(value), media_type="text/plain")

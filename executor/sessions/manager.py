@@ -15,7 +15,7 @@ import contextlib
 import logging
 import uuid
 from collections import OrderedDict
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path, PurePosixPath
@@ -375,7 +375,13 @@ class SessionManager:
             )  # fmt: skip
 
     async def _acquire_sandbox(
-        self, name: str, wanted: Limits, env: dict[str, str] | None, owner: str, session_id: str
+        self,
+        name: str,
+        wanted: Limits,
+        env: dict[str, str] | None,
+        owner: str,
+        session_id: str,
+        layers: Sequence[Path] = (),
     ) -> Sandbox:
         """The one place a session gets its sandbox: the caller's quotas, then the pool (pooled or a cold
         start through the start queue). A start that would miss the kernel start timeout is refused at once."""
@@ -384,7 +390,9 @@ class SessionManager:
         try:
             # Pooled sandboxes were made before their session existed; fresh ones carry its name.
             labels = {"executor.session": session_id, "executor.owner": owner}
-            return await self.pools[name].acquire(wanted, env, labels, deadline_s=self.settings.kernel_start_timeout_s)
+            return await self.pools[name].acquire(
+                wanted, env, labels, deadline_s=self.settings.kernel_start_timeout_s, layers=layers
+            )
         except HostBusy as exc:
             raise RateLimited(
                 "host_busy", f"this host runs its maximum of {self.settings.max_sessions} sessions; retry later",
@@ -400,15 +408,18 @@ class SessionManager:
             if not self._starting[owner]:
                 del self._starting[owner]
 
-    async def lease(self, owner: str, *, backend: str | None = None, purpose: str = "tool") -> Sandbox:
+    async def lease(
+        self, owner: str, *, backend: str | None = None, purpose: str = "tool", layers: Sequence[Path] = ()
+    ) -> Sandbox:
         """A sandbox outside any session (a tool host), counted against the same limits as sessions: the
-        host's, the owner's and the key's. The caller closes it with :meth:`release`. RateLimited when full."""
+        host's, the owner's and the key's; ``layers`` are read-only package dirs on its ``sys.path``. The caller
+        closes it with :meth:`release`. RateLimited when full."""
         name = backend or self.settings.backend
         if name not in self.backends:
             reason = self.unavailable.get(name, "it is not one of the allowed backends")
             raise Unavailable("backend_unavailable", f"backend {name!r} is unavailable: {reason}")
         limits = self._sandbox_limits(self._resolve_limits(LimitsRequest()))
-        sandbox = await self._acquire_sandbox(name, limits, None, owner, f"{purpose}-{_new_id()}")
+        sandbox = await self._acquire_sandbox(name, limits, None, owner, f"{purpose}-{_new_id()}", layers)
         self._leases[sandbox.id] = owner
         return sandbox
 

@@ -20,6 +20,7 @@ import json
 import logging
 import secrets
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -27,11 +28,13 @@ from pathlib import Path
 from typing import Any
 
 from executor.access.principal import Principal
-from executor.errors import DomainError, NotFound, RateLimited, Unprocessable
+from executor.errors import DomainError, NotFound, RateLimited, Unavailable, Unprocessable
 from executor.sessions import SessionManager
 from executor.settings import Settings
 from executor.toolresult import ToolError, ToolOutput, ToolResult
+from executor.tools.layers import LayerBuilder
 from executor.tools.records import Extracted, ToolLoadError, ToolRecord, ValvesInvalid, ValvesKind
+from executor.tools.requirements import parse_requirements
 from sandboxes.base import (
     DisplayEvent,
     EndEvent,
@@ -52,7 +55,20 @@ RESERVED_PREFIX = "__"
 
 HostKey = tuple[str, str, str]  # tool id, content hash, principal id
 Publish = Callable[[str, dict[str, Any]], None]
-Layers = Callable[[list[str]], Awaitable[Sequence[Path]]]
+BUILD_LOG_LINES = 200
+
+
+@dataclass
+class BuildStatus:
+    """A tool's requirements layer as it is being installed (``GET /api/v1/tools/id/{id}/build``)."""
+
+    tool_id: str
+    principal_id: str
+    requirements: list[str]
+    status: str = "building"  # building | ready | failed
+    lines: deque[str] = field(default_factory=lambda: deque(maxlen=BUILD_LOG_LINES))
+    started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    finished_at: datetime | None = None
 
 
 class ToolTimeout(DomainError):
@@ -134,12 +150,13 @@ class ToolHosts:
         settings: Settings,
         manager: SessionManager,
         *,
-        layers: Layers | None = None,
+        layers: LayerBuilder | None = None,
         restricted_imports: list[str] | None = None,
     ) -> None:
         self.settings = settings
         self.manager = manager
         self.layers = layers
+        self.builds: dict[str, BuildStatus] = {}
         self.restricted_imports = restricted_imports
         self.backend = settings.tool_backend or settings.backend
         self._hosts: dict[HostKey, _Host] = {}
@@ -208,19 +225,40 @@ class ToolHosts:
 
     # -- sandboxes -------------------------------------------------------------------------------------
 
-    async def _lease(self, owner: str, requirements: list[str]) -> Sandbox:
+    async def _layers(self, requirements: list[str], status: BuildStatus | None = None) -> list[Path]:
+        """The read-only package layer of these requirements, built (network, host-side, wheels only) the first
+        time any tool asks for this set, then reused. RequirementsBuildFailed carries pip's last lines."""
+        if not requirements:
+            return []
+        reqs = parse_requirements(requirements)
+        if not reqs.items:
+            return []
+        if self.layers is None:
+            raise Unavailable("requirements_unavailable", "this service installs no tool requirements")
+        backend = self.manager.backends.get(self.backend)
+        if backend is None:
+            raise Unavailable("backend_unavailable", f"backend {self.backend!r} is unavailable")
+        target = await backend.layer_target()
+
+        def progress(line: str) -> None:
+            if status is not None:
+                status.lines.append(line[:1000])
+
+        layer = await self.layers.ensure(reqs, progress, target=target)
+        return [layer.path]
+
+    async def _lease(self, owner: str, layers: Sequence[Path] = ()) -> Sandbox:
         """A fresh sandbox for ``owner``. When the owner or the host is at its limit, the least recently used
         idle tool sandbox (the owner's own first) is closed and the lease tried once more."""
-        del requirements  # wired with the requirements layers
         try:
-            return await self.manager.lease(owner, backend=self.backend)
+            return await self.manager.lease(owner, backend=self.backend, layers=layers)
         except RateLimited as exc:
             mine = exc.code in ("too_many_sessions", "too_many_sessions_for_key")
             victim = self._idlest(owner if exc.code == "too_many_sessions" else None, key_wide=mine)
             if victim is None:
                 raise
             await self._drop(victim)
-            return await self.manager.lease(owner, backend=self.backend)
+            return await self.manager.lease(owner, backend=self.backend, layers=layers)
 
     def _idlest(self, owner: str | None, *, key_wide: bool = False) -> _Host | None:
         idle = [h for h in self._hosts.values() if not h.lock.locked()]
@@ -250,7 +288,7 @@ class ToolHosts:
             for extra in mine[: max(0, len(mine) - self.settings.tool_sandboxes_per_principal + 1)]:
                 if not extra.lock.locked():
                     await self._drop(extra)
-            sandbox = await self._lease(principal.id, tool.requirements)
+            sandbox = await self._lease(principal.id, await self._layers(tool.requirements))
             host = _Host(key=key, sandbox=sandbox, last_used=time.monotonic())
             self._hosts[key] = host
         self._making.pop(key, None)
@@ -362,9 +400,33 @@ class ToolHosts:
 
     # -- the registry's runtime ------------------------------------------------------------------------
 
-    async def extract(self, tool_id: str, content: str, *, restricted: bool, requirements: list[str]) -> Extracted:
-        """Import the file in a short-lived sandbox; its specs and valves schemas. ToolLoadError otherwise."""
-        sandbox = await self._lease(f"tool-registry/{tool_id}", requirements)
+    async def extract(
+        self,
+        tool_id: str,
+        content: str,
+        *,
+        restricted: bool,
+        requirements: list[str],
+        principal: Principal | None = None,
+    ) -> Extracted:
+        """Import the file in a short-lived sandbox (its requirements installed first); its specs and valves
+        schemas. ToolLoadError when it cannot be imported, RequirementsBuildFailed when pip fails."""
+        layers: list[Path] = []
+        if requirements:
+            status = BuildStatus(tool_id, principal.id if principal else "", list(requirements))
+            self.builds[tool_id] = status
+            log.info("tool %s: installing requirements %s", tool_id, ", ".join(requirements))
+            try:
+                layers = await self._layers(requirements, status)
+            except BaseException:
+                status.status = "failed"
+                raise
+            else:
+                status.status = "ready"
+            finally:
+                status.finished_at = datetime.now(UTC)
+                log.info("tool %s: requirements %s", tool_id, status.status)
+        sandbox = await self._lease(f"tool-registry/{tool_id}", layers)
         try:
             try:
                 out = await self._op(sandbox, "extract", self._source(tool_id, content, restricted),

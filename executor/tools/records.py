@@ -72,8 +72,17 @@ class ValvesInvalid(Invalid):
 class ToolRuntime(Protocol):
     """What the registry needs from sandboxes. Implemented by ``executor.tools.dispatch.ToolHosts``."""
 
-    async def extract(self, tool_id: str, content: str, *, restricted: bool, requirements: list[str]) -> Extracted:
-        """Import ``content`` in a short-lived sandbox; raise ToolLoadError when it cannot be."""
+    async def extract(
+        self,
+        tool_id: str,
+        content: str,
+        *,
+        restricted: bool,
+        requirements: list[str],
+        principal: Principal | None = None,
+    ) -> Extracted:
+        """Import ``content`` in a short-lived sandbox (its requirements installed first, progress under the
+        tool id); raise ToolLoadError when it cannot be imported."""
 
     async def validate_valves(
         self, tool: ToolRecord, principal: Principal, kind: ValvesKind, values: dict[str, Any]
