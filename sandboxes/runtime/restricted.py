@@ -441,7 +441,30 @@ class ToolPolicy(RestrictingNodeTransformer):
         return new_node
 
 
-def _compile(source: str, filename: str) -> types.CodeType:
+def _import_errors(tree: ast.Module, allowed: _Policy) -> list[str]:
+    """Import statements the allow-list refuses, as compile errors (so a file that imports ``os`` inside a function
+    is refused at registration with its line, not at its first call). ``__import__`` checks the same at run time."""
+    errors: list[str] = []
+    for node in ast.walk(tree):
+        names: list[str] = []
+        if not isinstance(node, ast.Import | ast.ImportFrom):
+            continue
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                errors.append(f"Line {node.lineno}: relative imports are not allowed in restricted mode.")
+                continue
+            if node.module == "__future__":
+                continue
+            names = [node.module or ""]
+        for name in names:
+            if not allowed.module_allowed(name):
+                errors.append(f"Line {node.lineno}: {allowed.refusal(name)}.")
+    return errors
+
+
+def _compile(source: str, filename: str, policy: _Policy) -> types.CodeType:
     """RestrictedPython's compile_restricted_exec, step by step, with ``dont_inherit=True``.
 
     RestrictedPython 9.0's compile() call inherits the future flags of its own module, which has
@@ -457,6 +480,7 @@ def _compile(source: str, filename: str) -> types.CodeType:
         text = e.text.strip() if e.text else None
         errors.append(f"Line {e.lineno}: {type(e).__name__}: {e.msg} at statement: {text!r}")
     else:
+        errors.extend(_import_errors(tree, policy))
         ToolPolicy(errors, warnings, {}).visit(tree)
         if not errors:
             code = compile(tree, filename, "exec", dont_inherit=True)
@@ -664,6 +688,9 @@ class _Policy:
             return False
         return _module_matches(name, self.allowed)
 
+    def refusal(self, name: str) -> str:
+        return f"import of {name!r} is not allowed (allowed: {', '.join(self.allowed) or 'none'})"
+
     def _home_allowed(self, home: str) -> bool:
         # C accelerators live in "_name" modules (_json, _datetime, _hashlib, pydantic_core._pydantic_core).
         return home == "builtins" or self.module_allowed(home) or self.module_allowed(home.lstrip("_"))
@@ -749,10 +776,7 @@ class _Policy:
         if level != 0:
             raise ImportError(f"restricted mode: relative import of {name!r} is refused", name=name)
         if not self.module_allowed(name):
-            raise ImportError(
-                f"restricted mode: import of {name!r} is not allowed (allowed: {', '.join(self.allowed) or 'none'})",
-                name=name,
-            )
+            raise ImportError(f"restricted mode: {self.refusal(name)}", name=name)
         module = builtins.__import__(name, None, None, fromlist or (), 0)
         if fromlist:
             leaf = sys.modules.get(name, module)
@@ -850,9 +874,9 @@ def load_module(source: str, module_name: str, filename: str, allowed_imports: I
     module's own code propagates as it is. The module is in ``sys.modules`` while it executes (as Open WebUI does,
     so pydantic resolves the file's names) and removed afterwards.
     """
-    code = _compile(source, filename)
-    _install_forward_ref_check()
     policy = _Policy(allowed_imports)
+    code = _compile(source, filename, policy)
+    _install_forward_ref_check()
     module = types.ModuleType(module_name)
     namespace = module.__dict__
     namespace["__file__"] = filename
