@@ -218,6 +218,16 @@ REFUSED = {
     ),
     "import_string": ("from pydantic import ImportString", ImportError, "ImportString"),
     "pydantic_v1": ("import pydantic.v1", RestrictedCompileError, "'pydantic.v1' is not allowed"),
+    "asyncio_subprocess": ("import asyncio\nx = asyncio.create_subprocess_exec", AttributeError, "asyncio.subprocess"),
+    "asyncio_from_subprocess": ("from asyncio import create_subprocess_shell", ImportError, "asyncio.subprocess"),
+    "asyncio_streams": ("import asyncio\nx = asyncio.open_connection", AttributeError, "asyncio.streams"),
+    "asyncio_loop_class": ("import asyncio\nx = asyncio.AbstractEventLoop.subprocess_exec", AttributeError, "loop"),
+    "asyncio_loop": (
+        "import asyncio\nloop = asyncio.new_event_loop()\ntry:\n    x = loop.subprocess_shell\n"
+        "finally:\n    loop.close()",
+        AttributeError,
+        "the event loop's 'subprocess_shell' is refused",
+    ),
     "eval": ("eval('1')", RestrictedCompileError, "Eval calls"),
     "exec": ("exec('1')", RestrictedCompileError, "Exec calls"),
     "open": ("open('/etc/passwd')", NameError, "open"),
@@ -328,6 +338,26 @@ def test_forms_the_policy_adds_to_restrictedpython() -> None:
     assert ns["bump"]() == 2
     assert repr(ns["acc"]) == "Acc(2)" and ns["acc"].items == {"a": 11, "b": 1}
     assert asyncio.run(ns["use"]()) == 3
+
+
+def test_asyncio_works_without_its_process_and_socket_parts() -> None:
+    ns = load(
+        """
+        import asyncio
+        async def run():
+            loop = asyncio.get_running_loop()
+            fut = loop.create_future()
+            loop.call_soon(fut.set_result, 5)
+            task = asyncio.create_task(asyncio.sleep(0, result=1))
+            queue = asyncio.Queue()
+            await queue.put(2)
+            async with asyncio.Lock():
+                pass
+            total = await asyncio.to_thread(sum, [1, 1])
+            return await asyncio.wait_for(fut, 5) + await task + await queue.get() + total
+        """
+    )
+    assert asyncio.run(ns["run"]()) == 10
 
 
 def test_class_statements_build_with_the_metaclass_their_bases_need() -> None:

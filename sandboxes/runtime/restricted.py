@@ -55,8 +55,19 @@ lets dicts and lists through), hence this guard.
 Imports: ``__import__`` allows a module when its name, or a parent package of it, is in the allow-list (entries may
 be dotted: ``urllib.parse``), and refuses everything else with an ImportError naming the module. Modules reached as
 attributes (``typing.sys``) or by ``from x import y`` pass the same check, and so does anything taken from a module
-whose home module is not allowed (``logging.currentframe`` is ``sys._getframe``). pydantic's ``ImportString`` and
-``pydantic.v1`` (which import by name) are refused.
+whose home module is not allowed (``logging.currentframe`` is ``sys._getframe``'s wrapper, from ``logging``; a
+function from ``posix`` reached through an allowed module is refused). Import statements the allow-list refuses are
+compile errors (with their lines), wherever they are in the file. pydantic's ``ImportString`` and ``pydantic.v1``
+(which import by name) and ``logging.config`` are refused. ``asyncio`` is allowed without its subprocess and streams
+modules, and an event loop offers only ``_LOOP_METHODS`` (no ``subprocess_exec``, ``create_connection``,
+``add_reader``...). Frames, tracebacks and code objects are never handed out by an attribute lookup.
+
+Known limits (why this is defence in depth only): what an allowed library does on tool code's behalf is not
+policed (a library that formats a user-given template with ``str.format``, e.g. ``logging.Formatter(style="{")``,
+can walk attributes; an allowed module's functions return whatever they return); the allow-list is by module, and
+an admin who adds ``os``, ``sys``, ``inspect``, ``operator``, ``ctypes`` or ``importlib`` gives the policy away;
+strings inside ``Literal[...]`` that are themselves expressions with calls or ``_`` names (``Literal["f()"]``) are
+refused as annotations although harmless; RestrictedPython is only reviewed for CPython.
 """
 
 from __future__ import annotations
@@ -94,11 +105,12 @@ __all__ = [
 
 # Top-level modules (or dotted packages) a restricted tool may import unless the admin says otherwise. Left out on
 # purpose: os, sys, subprocess, socket, io, pathlib, shutil, importlib, inspect, ctypes, pickle, marshal, types,
-# gc, threading, builtins (direct powers); asyncio (subprocesses and sockets through the loop); logging
+# gc, threading, builtins (direct powers); logging
 # (logging.config.dictConfig imports and calls any callable by name); operator (attrgetter walks any attribute);
 # urllib.request, http, requests, httpx, aiohttp (network: the admin adds them for tools that need it).
 DEFAULT_ALLOWED_IMPORTS: tuple[str, ...] = (
     "abc",
+    "asyncio",
     "base64",
     "calendar",
     "collections",
@@ -133,8 +145,40 @@ DEFAULT_ALLOWED_IMPORTS: tuple[str, ...] = (
     "zoneinfo",
 )
 
-# Never importable, whatever the allow-list says: they import or call things by name.
-_DENIED_MODULES: tuple[str, ...] = ("pydantic.v1", "logging.config")
+# Never importable or reachable, whatever the allow-list says: they import or call things by name (pydantic.v1's
+# PyObject, logging.config.dictConfig), or start processes and open sockets (asyncio's subprocess and streams; the
+# event loop's own methods for those are refused by _LOOP_METHODS).
+_DENIED_MODULES: tuple[str, ...] = (
+    "pydantic.v1",
+    "logging.config",
+    "asyncio.subprocess",
+    "asyncio.base_subprocess",
+    "asyncio.streams",
+    "asyncio.unix_events",
+    "asyncio.windows_events",
+)
+# What tool code may use on an asyncio event loop (subprocess_exec, create_connection, add_reader... are not here).
+_LOOP_METHODS = frozenset(
+    {
+        "call_at",
+        "call_later",
+        "call_soon",
+        "call_soon_threadsafe",
+        "close",
+        "create_future",
+        "create_task",
+        "get_debug",
+        "is_closed",
+        "is_running",
+        "run_forever",
+        "run_in_executor",
+        "run_until_complete",
+        "shutdown_asyncgens",
+        "shutdown_default_executor",
+        "stop",
+        "time",
+    }
+)
 
 # The parameters Open WebUI injects into tool functions (and the tool host may inject): plain local names, no guard
 # is called like that, so tool code may bind and read them.
@@ -526,6 +570,17 @@ def _own_private(ob: object, name: str) -> bool:
     return any(k in _OWNED and name in vars(k) for k in cls.__mro__)
 
 
+def _is_event_loop(ob: object) -> bool:
+    """An asyncio event loop, a loop class, or super() of one (asyncio is looked up only if already imported)."""
+    aio = sys.modules.get("asyncio")
+    if aio is None:
+        return False
+    loop_cls: type = aio.AbstractEventLoop
+    if isinstance(ob, super):
+        ob = getattr(ob, "__self_class__", None)
+    return isinstance(ob, loop_cls) or (isinstance(ob, type) and issubclass(ob, loop_cls))
+
+
 def _describe(ob: object) -> str:
     if isinstance(ob, types.ModuleType):
         return f"module {ob.__name__!r}"
@@ -732,6 +787,8 @@ class _Policy:
                     f'"{name}" is refused: private attributes are readable only on the tool\'s own objects'
                 )
             return getattr(ob, name)
+        if _is_event_loop(ob) and name not in _LOOP_METHODS:
+            raise AttributeError(f"restricted mode: the event loop's {name!r} is refused")
         value = safer_getattr_raise(ob, name)  # type: ignore[no-untyped-call]
         return self.check_value(ob, name, value)
 
