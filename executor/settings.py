@@ -173,6 +173,16 @@ class Settings(BaseSettings):
         False, description="Send X-OpenWebUI-User-* headers with the caller's identity to tool servers."
     )
 
+    # Tool modules (executor/tools/).
+    tool_max_bytes: int = Field(
+        1 << 20, ge=1024, description="Largest tool file (UTF-8 bytes), also when loaded with /tools/load/url."
+    )
+    tool_restrict_non_admin: bool = Field(
+        False,
+        description="Every tool registered or changed by a non-admin runs in restricted mode (RestrictedPython, "
+        "inside its sandbox); admins may mark any tool restricted.",
+    )
+
     @field_validator(
         "api_keys", "admin_api_keys", "forward_identity_api_keys", "allowed_backends", "egress_allowlist", mode="before"
     )
