@@ -16,6 +16,7 @@ from executor.openapi.service import ToolServerService
 from executor.sessions import SessionManager
 from executor.settings import Settings
 from executor.store import Store
+from executor.tools.registry import ToolRegistry, UnwiredRuntime
 from sandboxes.base import Backend, SandboxError, instance_id
 from sandboxes.local import LocalBackend, LocalConfig
 
@@ -108,6 +109,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             servers = ToolServerService(settings, store, guard.audit)
             await servers.start()
             stack.push_async_callback(_logged, "the tool servers", servers.close)
+            # The lead wires the sandbox-backed runtime (executor.tools.dispatch) here.
+            registry = ToolRegistry(store, guard.audit, UnwiredRuntime(), settings)
+            await registry.start()
+            stack.push_async_callback(_logged, "the tool registry", registry.close)
+            app.state.tools = registry
             app.state.store = store
             app.state.backends = backends
             app.state.sessions = manager

@@ -84,10 +84,11 @@ def _run(settings: Settings, work: Callable[[KeyStore], Awaitable[T]]) -> T:
 
 
 def _row(k: KeyInfo) -> str:
-    flags = "forward-identity" if k.forward_identity else "-"
+    flags = ",".join(f for f, on in (("forward-identity", k.forward_identity), ("tools", k.may_create_tools)) if on)
+    flags = flags or "-"
     when = k.created_at.isoformat(timespec="seconds") if k.created_at else "-"
     revoked = f" revoked {k.revoked_at.isoformat(timespec='seconds')}" if k.revoked_at else ""
-    return f"{k.name:<24} {k.id:<20} {k.role:<6} {flags:<17} {k.source:<7} {when}{revoked}"
+    return f"{k.name:<24} {k.id:<20} {k.role:<6} {flags:<23} {k.source:<7} {when}{revoked}"
 
 
 def keys_command(args: argparse.Namespace) -> int:
@@ -99,7 +100,12 @@ def keys_command(args: argparse.Namespace) -> int:
             made = _run(
                 settings,
                 lambda keys: keys.create(
-                    KeyCreate(name=args.name, role=args.role, forward_identity=args.forward_identity)
+                    KeyCreate(
+                        name=args.name,
+                        role=args.role,
+                        forward_identity=args.forward_identity,
+                        may_create_tools=args.may_create_tools,
+                    )
                 ),
             )
             if args.json:
@@ -108,7 +114,8 @@ def keys_command(args: argparse.Namespace) -> int:
                 print(made.key)
                 print(
                     f"created key {made.name!r} ({made.id}, role {made.role}"
-                    f"{', may forward identity' if made.forward_identity else ''}). It is shown only now: "
+                    f"{', may forward identity' if made.forward_identity else ''}"
+                    f"{', may create tools' if made.may_create_tools else ''}). It is shown only now: "
                     "the service keeps its hash.",
                     file=sys.stderr,
                 )
@@ -118,7 +125,7 @@ def keys_command(args: argparse.Namespace) -> int:
             if args.json:
                 print(json.dumps([k.model_dump(mode="json") for k in listed]))
             else:
-                print(f"{'NAME':<24} {'ID':<20} {'ROLE':<6} {'FLAGS':<17} {'SOURCE':<7} CREATED")
+                print(f"{'NAME':<24} {'ID':<20} {'ROLE':<6} {'FLAGS':<23} {'SOURCE':<7} CREATED")
                 for k in listed:
                     print(_row(k))
         else:
@@ -148,6 +155,9 @@ def main(argv: list[str] | None = None) -> int:
     create.add_argument("--role", choices=("admin", "user"), default="user")
     create.add_argument(
         "--forward-identity", action="store_true", help="may name the end user behind it (a chat backend's key)"
+    )
+    create.add_argument(
+        "--may-create-tools", action="store_true", help="a user key that may register tool modules (admins always may)"
     )
     create.add_argument("--json", action="store_true", help="print the new key and its record as JSON")
     listing = actions.add_parser("list", help="list keys (never their values)")

@@ -1,4 +1,5 @@
-"""The one error shape of the API: ``{"detail": message, "error": code, "field": name|null}``.
+"""The one error shape of the API: ``{"detail": message, "error": code, "field": name|null}`` (plus
+``"traceback": [lines]`` when the error is about code that failed to load).
 
 The domain raises :class:`DomainError` subclasses (no HTTP in them); :func:`install` maps each kind to its status
 once, here at the edge. ``ApiError`` (a status chosen by the raiser) remains for older code paths.
@@ -142,7 +143,12 @@ async def _handle_domain(request: Request, exc: Exception) -> JSONResponse:
     if isinstance(exc, Unauthenticated):
         headers["WWW-Authenticate"] = "Bearer"
     _audit_refusal(request, status, exc.code)
-    return JSONResponse(_body(exc.code, exc.message, exc.field), status_code=status, headers=headers or None)
+    body = _body(exc.code, exc.message, exc.field)
+    # An error about code that failed to load (executor.tools.records.ToolLoadError) carries its last lines.
+    traceback = getattr(exc, "traceback", None)
+    if isinstance(traceback, list) and traceback:
+        body["traceback"] = [str(line) for line in traceback]
+    return JSONResponse(body, status_code=status, headers=headers or None)
 
 
 def install(app: FastAPI) -> None:

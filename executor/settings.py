@@ -203,6 +203,19 @@ class Settings(BaseSettings):
         default_factory=list, description="Comma-separated extra wheel directories or pages for requirements."
     )
     tool_pip_no_index: bool = Field(False, description="Install requirements only from EXECUTOR_TOOL_PIP_FIND_LINKS.")
+    tool_max_bytes: int = Field(
+        1 << 20, ge=1024, description="Largest tool file (UTF-8 bytes), also when loaded with /tools/load/url."
+    )
+    tool_restrict_non_admin: bool = Field(
+        False,
+        description="Every tool registered or changed by a non-admin runs in restricted mode (RestrictedPython, "
+        "inside its sandbox); admins may mark any tool restricted.",
+    )
+    tool_restricted_imports: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated modules restricted tools may import (default: the runtime's list, "
+        "sandboxes/runtime/restricted.py DEFAULT_ALLOWED_IMPORTS).",
+    )
 
     @field_validator(
         "api_keys",
@@ -211,6 +224,7 @@ class Settings(BaseSettings):
         "allowed_backends",
         "egress_allowlist",
         "tool_pip_find_links",
+        "tool_restricted_imports",
         mode="before",
     )
     @classmethod

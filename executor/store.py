@@ -17,6 +17,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 log = logging.getLogger(__name__)
+# aiosqlite logs every statement with its bound values at DEBUG (keys, valve secrets): never below INFO, whatever
+# level the root logger is given.
+logging.getLogger("aiosqlite").setLevel(logging.INFO)
 
 
 class RawJSON(str):
@@ -53,7 +56,10 @@ class SessionRow(Base):
 
 
 # Columns added after the first release: added to an existing table at start (``Store.create_all``).
-_ADDED_COLUMNS = {"sessions": {"sandbox_id": "VARCHAR(64)", "ref": "VARCHAR(128)"}}
+_ADDED_COLUMNS = {
+    "sessions": {"sandbox_id": "VARCHAR(64)", "ref": "VARCHAR(128)"},
+    "api_keys": {"may_create_tools": "BOOLEAN"},
+}
 
 
 class ExecutionRow(Base):

@@ -43,6 +43,8 @@ class ApiKeyRow(Base):
     name: Mapped[str] = mapped_column(String(64), index=True)
     role: Mapped[str] = mapped_column(String(16))
     forward_identity: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Added after the first release (store._ADDED_COLUMNS): NULL in older rows, read as False.
+    may_create_tools: Mapped[bool | None] = mapped_column(Boolean, nullable=True, default=False)
     hash: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
@@ -55,6 +57,7 @@ class KeyInfo(BaseModel):
     name: str
     role: Role
     forward_identity: bool
+    may_create_tools: bool = False
     source: str = Field(description="'env' (set in the environment) or 'stored' (created with the CLI or API).")
     created_at: datetime | None = None
     revoked_at: datetime | None = None
@@ -70,6 +73,11 @@ class KeyCreate(BaseModel):
     forward_identity: bool = Field(
         False, description="May name the end user behind it (Open WebUI's forwarded user headers or tokens)."
     )
+    may_create_tools: bool = Field(
+        False,
+        description="A user key that may register tool modules (admin keys always may); its end users may too, "
+        "like Open WebUI's workspace.tools permission.",
+    )
 
 
 @dataclass(frozen=True)
@@ -78,6 +86,7 @@ class KnownKey:
     name: str
     role: Role
     forward_identity: bool
+    may_create_tools: bool = False
 
 
 def env_keys(settings: Settings) -> dict[str, KnownKey]:
@@ -119,6 +128,7 @@ class KeyStore:
                 name=form.name,
                 role=form.role,
                 forward_identity=form.forward_identity,
+                may_create_tools=form.may_create_tools,
                 hash=key_hash(key),
                 created_at=now,
             )
@@ -156,7 +166,7 @@ class KeyStore:
         async with self.store.sessionmaker() as db:
             rows = list(await db.scalars(select(ApiKeyRow)))
         live = {
-            r.hash: KnownKey(r.id, r.name, r.role, r.forward_identity)  # type: ignore[arg-type]
+            r.hash: KnownKey(r.id, r.name, r.role, r.forward_identity, bool(r.may_create_tools))  # type: ignore[arg-type]
             for r in rows
             if r.revoked_at is None
         }
@@ -169,6 +179,7 @@ def _info(row: ApiKeyRow) -> KeyInfo:
         name=row.name,
         role=row.role,
         forward_identity=row.forward_identity,
+        may_create_tools=bool(row.may_create_tools),
         source="stored",
         created_at=row.created_at,
         revoked_at=row.revoked_at,

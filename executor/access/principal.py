@@ -32,6 +32,7 @@ class Principal(BaseModel):
     forward_identity: bool = False
     end_user: EndUser | None = None
     group_ids: frozenset[str] = frozenset()
+    may_create_tools: bool = Field(False, description="The key was allowed to register tool modules.")
 
     @property
     def id(self) -> str:
@@ -46,6 +47,11 @@ class Principal(BaseModel):
     @property
     def is_admin(self) -> bool:
         return self.role == "admin"
+
+    @property
+    def can_create_tools(self) -> bool:
+        """Admins, and callers whose key the admin allowed to register tools (Open WebUI's workspace.tools)."""
+        return self.is_admin or self.may_create_tools
 
 
 def key_of(owner: str) -> str:

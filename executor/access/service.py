@@ -91,4 +91,5 @@ class Access:
             forward_identity=key.forward_identity,
             end_user=user,
             group_ids=named.group_ids | own,
+            may_create_tools=key.may_create_tools,
         )

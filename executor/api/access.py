@@ -28,6 +28,7 @@ class Me(BaseModel):
     key_name: str
     role: Role
     forward_identity: bool
+    may_create_tools: bool
     end_user: EndUser | None
     group_ids: list[str]
 
@@ -40,6 +41,7 @@ async def me(principal: CurrentPrincipal) -> Me:
         key_name=principal.key_name,
         role=principal.role,
         forward_identity=principal.forward_identity,
+        may_create_tools=principal.can_create_tools,
         end_user=principal.end_user,
         group_ids=sorted(principal.group_ids),
     )
@@ -62,7 +64,8 @@ async def create_key(form: KeyCreate, admin: AdminPrincipal, access: AccessDep) 
     made = await access.keys.create(form)
     access.audit.record(
         "admin", "key.create", principal=admin, target=made.id,
-        detail={"name": made.name, "role": made.role, "forward_identity": made.forward_identity},
+        detail={"name": made.name, "role": made.role, "forward_identity": made.forward_identity,
+                "may_create_tools": made.may_create_tools},
     )  # fmt: skip
     return made
 
