@@ -11,12 +11,14 @@ from fastapi import FastAPI
 from executor import errors
 from executor.access.service import Access
 from executor.accesslog import AccessLogMiddleware
-from executor.api import access, docs, health, sessions, tool_servers, tools
+from executor.api import access, docs, health, sessions, tool_calls, tool_servers, tools
 from executor.openapi.service import ToolServerService
 from executor.sessions import SessionManager
 from executor.settings import Settings
 from executor.store import Store
-from executor.tools.registry import ToolRegistry, UnwiredRuntime
+from executor.tools.dispatch import ToolHosts
+from executor.tools.layers import LayerBuilder, LayerSettings
+from executor.tools.registry import ToolRegistry
 from sandboxes.base import Backend, SandboxError, instance_id
 from sandboxes.local import LocalBackend, LocalConfig
 
@@ -55,6 +57,18 @@ def make_backend(settings: Settings, name: str | None = None) -> Backend:
             work_dir_size_mb=settings.work_dir_size_mb,
             max_message_bytes=settings.max_kernel_message_mb << 20,
         )
+    )
+
+
+def layer_settings(settings: Settings) -> LayerSettings:
+    """How tool requirements are installed: into the cache dir, from the index the settings name."""
+    return LayerSettings(
+        cache_dir=settings.cache_dir or settings.data_dir / "cache",
+        timeout_s=settings.tool_layer_timeout_s,
+        max_layer_mb=settings.tool_layer_max_mb,
+        index_url=settings.tool_pip_index_url,
+        find_links=tuple(settings.tool_pip_find_links),
+        no_index=settings.tool_pip_no_index,
     )
 
 
@@ -109,11 +123,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             servers = ToolServerService(settings, store, guard.audit)
             await servers.start()
             stack.push_async_callback(_logged, "the tool servers", servers.close)
-            # The lead wires the sandbox-backed runtime (executor.tools.dispatch) here.
-            registry = ToolRegistry(store, guard.audit, UnwiredRuntime(), settings)
+            layers = LayerBuilder(layer_settings(settings))
+            stack.push_async_callback(_logged, "the requirements builder", layers.close)
+            hosts = ToolHosts(
+                settings, manager, layers=layers, restricted_imports=settings.tool_restricted_imports or None
+            )
+            await hosts.start()
+            # Before the sessions stop: tool sandboxes are leased from the manager.
+            stack.push_async_callback(_logged, "the tool sandboxes", hosts.close)
+            registry = ToolRegistry(store, guard.audit, hosts, settings)
             await registry.start()
             stack.push_async_callback(_logged, "the tool registry", registry.close)
             app.state.tools = registry
+            app.state.tool_hosts = hosts
             app.state.store = store
             app.state.backends = backends
             app.state.sessions = manager
@@ -136,5 +158,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(sessions.router)
     app.include_router(tool_servers.router)
     app.include_router(tools.router)
+    app.include_router(tool_calls.router)
+    app.include_router(tool_calls.face)
     app.include_router(access.router)
     return app

@@ -23,6 +23,7 @@ from fastapi.responses import PlainTextResponse, Response
 
 from executor.access.principal import Principal
 from executor.app import create_app
+from executor.errors import Unavailable
 from executor.openapi.models import MASK
 from executor.settings import Settings
 from executor.store import Store
@@ -99,7 +100,9 @@ class FakeRuntime:
     specs_asked: list[tuple[str, str, ValvesKind]] = field(default_factory=list)
     forgotten: list[str] = field(default_factory=list)
 
-    async def extract(self, tool_id: str, content: str, *, restricted: bool, requirements: list[str]) -> Extracted:
+    async def extract(
+        self, tool_id: str, content: str, *, restricted: bool, requirements: list[str], principal: Any = None
+    ) -> Extracted:
         self.extracts.append(
             {"tool_id": tool_id, "content": content, "restricted": restricted, "requirements": requirements}
         )
@@ -351,13 +354,16 @@ async def test_nothing_is_stored_when_the_file_does_not_load(tmp_path: Path, cac
         assert s.runtime.forgotten == []
 
 
-async def test_unwired_runtime_is_503_and_stores_nothing(tmp_path: Path, cache_dir: Path) -> None:
-    async with service(tmp_path, cache_dir) as s:
-        from executor.tools.registry import UnwiredRuntime
+class _DownRuntime(FakeRuntime):
+    async def extract(self, *args: Any, **kwargs: Any) -> Any:
+        raise Unavailable("tool_runtime_unavailable", "no sandbox can start")
 
-        s.registry.runtime = UnwiredRuntime()
+
+async def test_a_runtime_that_is_down_is_503_and_stores_nothing(tmp_path: Path, cache_dir: Path) -> None:
+    async with service(tmp_path, cache_dir) as s:
+        s.registry.runtime = _DownRuntime()
         r = await s.client.post("/api/v1/tools/create", json=form("x"), headers=bearer(ADMIN))
-        assert r.status_code == 503 and r.json()["detail"] == "tool runtime not wired", r.text
+        assert r.status_code == 503 and r.json()["detail"] == "no sandbox can start", r.text
         assert (await s.client.get("/api/v1/tools/", headers=bearer(ADMIN))).json() == []
 
 

@@ -527,7 +527,7 @@ class ToolHosts:
         user_valves: dict[str, Any] | None,
         metadata: dict[str, Any] | None = None,
         publish: Publish | None = None,
-        shape: Callable[[Any, int], tuple[Any, list[ToolOutput]]] | None = None,
+        shape: Callable[[Any, str, int], tuple[Any, list[ToolOutput]]] | None = None,
     ) -> ToolResult:
         """Call ``function`` of ``tool`` as ``principal`` in their sandbox; the answer as a ToolResult.
 
@@ -602,7 +602,7 @@ class ToolHosts:
                 result.status = "ok"
                 value = out.body.get("result")
                 if shape is not None:
-                    result.result, result.outputs = shape(value, self.settings.tool_max_result_bytes)
+                    result.result, result.outputs = shape(value, function, self.settings.tool_max_result_bytes)
                 else:
                     result.result = value
             else:

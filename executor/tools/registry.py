@@ -31,11 +31,11 @@ from sqlalchemy.orm import defer
 from executor.access.audit import AuditLog
 from executor.access.grants import AccessGrant, has_access
 from executor.access.principal import Principal
-from executor.errors import BadGateway, Forbidden, Invalid, NotFound, TooLarge, Unavailable
+from executor.errors import BadGateway, Forbidden, Invalid, NotFound, TooLarge
 from executor.net import EgressDenied, EgressPolicy, OutboundClient, OutboundLimits, OutboundTimeout, redact
 from executor.settings import Settings
 from executor.store import Store
-from executor.tools.frontmatter import extract_frontmatter, requirements
+from executor.tools.frontmatter import extract_frontmatter
 from executor.tools.models import (
     BuildStatus,
     LoadedTool,
@@ -48,7 +48,8 @@ from executor.tools.models import (
     ToolUserResponse,
     UserValvesRow,
 )
-from executor.tools.records import Extracted, ToolRecord, ToolRuntime, ValvesInvalid, ValvesKind, content_hash
+from executor.tools.records import ToolRecord, ToolRuntime, ValvesInvalid, ValvesKind, content_hash
+from executor.tools.requirements import parse_requirements
 from executor.tools.valves import masked, masked_schema, merged_for_update
 
 log = logging.getLogger(__name__)
@@ -215,6 +216,10 @@ class ToolRegistry:
             rows = list(await db.scalars(select(ToolRow).order_by(ToolRow.updated_at.desc())))
         return [to_record(r) for r in rows if self.may_read(principal, r)]
 
+    async def for_call(self, principal: Principal, tool_id: str) -> tuple[ToolRecord, dict[str, Any]]:
+        """The tool (404 unless readable) and the caller's own user valves, secrets in clear: for calls."""
+        return await self.record(principal, tool_id), await self.user_valves_of(tool_id, principal)
+
     async def user_valves_of(self, tool_id: str, principal: Principal) -> dict[str, Any]:
         """The user valves ``principal`` (one end user) stored for ``tool_id``, secrets in clear: for calls."""
         async with self.store.sessionmaker() as db:
@@ -259,8 +264,10 @@ class ToolRegistry:
                 raise Invalid("id_taken", ID_TAKEN, field="id")
             restricted = self._restricted(principal, form.restricted, None)
             frontmatter = extract_frontmatter(form.content)
-            reqs = requirements(frontmatter)
-            extracted = await self.runtime.extract(tool_id, form.content, restricted=restricted, requirements=reqs)
+            reqs = list(parse_requirements(frontmatter.get("requirements")).items)
+            extracted = await self.runtime.extract(
+                tool_id, form.content, restricted=restricted, requirements=reqs, principal=principal
+            )
             meta = form.meta.model_copy(
                 update={"manifest": frontmatter, "has_user_valves": extracted.user_valves_schema is not None}
             )
@@ -352,10 +359,12 @@ class ToolRegistry:
             restricted = self._restricted(principal, form.restricted, row.restricted)
             reload = code_changed or restricted != row.restricted
             frontmatter = extract_frontmatter(form.content)
-            reqs = requirements(frontmatter)
+            reqs = list(parse_requirements(frontmatter.get("requirements")).items)
             specs, valves_schema, user_valves_schema = row.specs, row.valves_schema, row.user_valves_schema
             if reload:
-                extracted = await self.runtime.extract(tool_id, form.content, restricted=restricted, requirements=reqs)
+                extracted = await self.runtime.extract(
+                    tool_id, form.content, restricted=restricted, requirements=reqs, principal=principal
+                )
                 specs = extracted.specs
                 valves_schema, user_valves_schema = extracted.valves_schema, extracted.user_valves_schema
                 candidate = dataclasses.replace(
@@ -536,25 +545,3 @@ class ToolRegistry:
         if not resp.content:
             raise Invalid("no_data", "No data received from the URL", field="url")
         return LoadedTool(name=name, content=resp.text())
-
-
-class UnwiredRuntime:
-    """A ToolRuntime that refuses everything (503): the registry works for reads until sandboxes are wired."""
-
-    @staticmethod
-    def _fail() -> Unavailable:
-        return Unavailable("tool_runtime_unavailable", "tool runtime not wired")
-
-    async def extract(self, tool_id: str, content: str, *, restricted: bool, requirements: list[str]) -> Extracted:
-        raise self._fail()
-
-    async def validate_valves(
-        self, tool: ToolRecord, principal: Principal, kind: ValvesKind, values: dict[str, Any]
-    ) -> dict[str, Any]:
-        raise self._fail()
-
-    async def valves_spec(self, tool: ToolRecord, principal: Principal, kind: ValvesKind) -> dict[str, Any] | None:
-        raise self._fail()
-
-    async def forget(self, tool_id: str) -> None:
-        return None
