@@ -180,6 +180,24 @@ async def reply_event_call(
     return Response(status_code=204)
 
 
+@router.get("/id/{id}/build")
+async def tool_build(id: ToolId, principal: CurrentPrincipal, hosts: Hosts) -> dict[str, Any]:
+    """How installing the tool's frontmatter ``requirements`` goes (also while its create or update request is
+    still waiting for it): ``building``, ``ready`` or ``failed``, with pip's last lines. The caller who started
+    it and admins see it; 404 for anyone else, and when no build was started since the service started."""
+    status = hosts.builds.get(id)
+    if status is None or not (principal.is_admin or status.principal_id == principal.id):
+        raise NotFound("build_not_found", f"no requirements build of tool {id!r} is known")
+    return {
+        "tool_id": status.tool_id,
+        "status": status.status,
+        "requirements": status.requirements,
+        "log": list(status.lines),
+        "started_at": status.started_at.isoformat(),
+        "finished_at": status.finished_at.isoformat() if status.finished_at else None,
+    }
+
+
 # -- the OpenAPI tool-server face ---------------------------------------------------------------------------
 
 

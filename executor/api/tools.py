@@ -23,6 +23,7 @@ from executor.tools.models import (
     ToolResponse,
     ToolUserResponse,
 )
+from executor.tools.published import PublishedFunction, module_functions
 from executor.tools.registry import ToolRegistry
 
 router = APIRouter(prefix="/api/v1/tools", tags=["tools"])
@@ -43,19 +44,42 @@ async def tool_specs(
         list[str] | None,
         Query(
             max_length=100,
-            description="Open WebUI's tool ids (server:ID, server:openapi:ID), in the order "
-            "names are given out; all usable servers if omitted.",
+            description="Open WebUI's tool ids, in the order names are given out: a tool module's id, "
+            "server:ID, server:openapi:ID; every usable tool module, then every usable server, if omitted.",
         ),
     ] = None,
 ) -> list[dict[str, Any]]:
-    """Function specs of every source the caller may use, named as Open WebUI's ``get_tools`` names them.
+    """Function specs of every source the caller may use (tool modules and tool-server operations), each
+    tagged with its ``kind`` and how to call it, named as Open WebUI's ``get_tools`` names them.
 
-    A function keeps its bare ``operationId``; only a name already taken by an earlier server is prefixed
-    ``{server_id}_``. Each connection's ``config.function_name_filter_list`` is honoured. Servers that fail are
-    left out here and reported by ``GET /api/v1/tool_servers``.
+    A function keeps its bare name; only a name an earlier tool or server already took is prefixed
+    ``{tool_id}_`` / ``{server_id}_``. Each connection's ``config.function_name_filter_list`` is honoured.
+    Servers that fail are left out here and reported by ``GET /api/v1/tool_servers``.
     """
     service: ToolServerService = request.app.state.tool_servers
-    return await service.all_functions(principal, tool_ids)
+    modules = {t.id: t for t in await _registry(request).usable(principal)}
+    taken: set[str] = set()
+    out: list[dict[str, Any]] = []
+    if tool_ids is None:
+        out += [_module_entry(f) for f in module_functions(sorted(modules.values(), key=lambda t: t.id), taken)]
+        return out + await service.all_functions(principal, None, taken)
+    for tool_id in tool_ids:
+        if tool_id.startswith("server:"):
+            out += await service.all_functions(principal, [tool_id], taken)
+        elif tool_id in modules:
+            out += [_module_entry(f) for f in module_functions([modules[tool_id]], taken)]
+    return out
+
+
+def _module_entry(fn: PublishedFunction) -> dict[str, Any]:
+    return {
+        "name": fn.name,
+        "kind": "tool_module",
+        "tool_id": fn.tool_id,
+        "function": fn.function,
+        "call": f"/api/v1/tools/id/{fn.tool_id}/call/{fn.function}",
+        "spec": fn.spec,
+    }
 
 
 @router.get("/", response_model=list[ToolUserResponse])

@@ -389,7 +389,9 @@ class ToolServerService:
             "specs": [op.payload for op in entry.ops if offered(conn, op)],
         }
 
-    async def all_functions(self, principal: Principal, tool_ids: list[str] | None = None) -> list[dict[str, Any]]:
+    async def all_functions(
+        self, principal: Principal, tool_ids: list[str] | None = None, taken: set[str] | None = None
+    ) -> list[dict[str, Any]]:
         """Every function of every usable server, named as Open WebUI's ``get_tools`` names them.
 
         ``tool_ids`` picks servers the way Open WebUI's ``get_tools`` reads them (``server:ID``,
@@ -403,7 +405,7 @@ class ToolServerService:
             picked = [by_id.get(_server_of(t)) for t in tool_ids]
             usable = [v for v in picked if v is not None]
         entries = await asyncio.gather(*(self.load(sid, conn) for sid, _, conn in usable))
-        taken: set[str] = set()
+        taken = set() if taken is None else taken  # names earlier sources (tool modules) already gave out
         for (sid, _, conn), entry in zip(usable, entries, strict=True):
             for op in entry.ops:
                 if not offered(conn, op):
