@@ -42,8 +42,20 @@ def backend_name(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
+@pytest.fixture(scope="module")
+def wheels(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A wheelhouse for requirements (pip is pointed at it alone: the tests need no network)."""
+    from tests.test_tool_requirements import make_wheel
+
+    where = tmp_path_factory.mktemp("wheels")
+    make_wheel(where, "exectool-dep", "1.0", {"exectool_dep/__init__.py": "VALUE = 'from the layer'\n"})
+    return where
+
+
 @pytest.fixture
-def settings(settings: Settings) -> Settings:
+def settings(settings: Settings, wheels: Path) -> Settings:
+    settings.tool_pip_find_links = [str(wheels)]
+    settings.tool_pip_no_index = True
     settings.admin_api_keys = [ADMIN]
     settings.forward_identity_api_keys = [OWUI]
     settings.tool_import_timeout_s = 15
@@ -267,3 +279,47 @@ async def test_the_unified_list_and_the_tool_server_face(client: httpx.AsyncClie
     assert set(doc["paths"]) == {f"/{n}" for n in names}
     r = await c.post("/api/v1/tools/server/add", json={"a": 2, "b": 3}, headers=user("alice"))
     assert r.status_code == 200 and r.json() == "5", r.text
+
+
+async def test_requirements_are_installed_once_into_a_read_only_layer(client: httpx.AsyncClient) -> None:
+    content = (
+        '"""\ntitle: Layered\nrequirements: exectool-dep>=1\n"""\n'
+        "import exectool_dep\n\n\nclass Tools:\n"
+        "    def value(self) -> str:\n        import os\n"
+        "        try:\n            open(os.path.join(os.path.dirname(exectool_dep.__file__), 'x'), 'w')\n"
+        "            writable = 'writable'\n        except OSError:\n            writable = 'read-only'\n"
+        "        return f'{exectool_dep.VALUE}, {writable}'\n"
+    )
+    form = {"id": "layered", "name": "L", "content": content, "meta": {"description": ""}, "access_grants": PUBLIC}
+    r = await client.post("/api/v1/tools/create", json=form, headers=admin())
+    assert r.status_code == 200, r.text
+    build = (await client.get("/api/v1/tools/id/layered/build", headers=admin())).json()
+    assert build["status"] == "ready" and build["requirements"] == ["exectool-dep>=1"]
+    assert (await client.get("/api/v1/tools/id/layered/build", headers=user("alice"))).status_code == 404
+    r = await client.post("/api/v1/tools/id/layered/call/value", json={}, headers=user("alice"))
+    assert r.json()["result"] == "from the layer, read-only", r.text
+    missing = {**form, "id": "missing", "content": content.replace("exectool-dep>=1", "exectool-nothing")}
+    r = await client.post("/api/v1/tools/create", json=missing, headers=admin())
+    assert r.status_code == 400 and r.json()["error"] == "requirements_build_failed", r.text
+    assert (await client.get("/api/v1/tools/id/missing", headers=admin())).status_code == 404
+
+
+async def test_restricted_mode_runs_a_tool_under_the_policy(client: httpx.AsyncClient) -> None:
+    content = (
+        '"""\ntitle: Calc\n"""\nfrom pydantic import BaseModel, Field\n\n\nclass Tools:\n'
+        "    class Valves(BaseModel):\n        scale: int = Field(1)\n\n"
+        "    def __init__(self):\n        self.valves = self.Valves()\n\n"
+        '    def mul(self, a: int, b: int) -> int:\n        """\n        Multiply.\n        :param a: a\n'
+        '        :param b: b\n        """\n        return a * b * self.valves.scale\n'
+    )
+    form = {"id": "calc", "name": "C", "content": content, "meta": {"description": ""}, "access_grants": PUBLIC,
+            "restricted": True}  # fmt: skip
+    r = await client.post("/api/v1/tools/create", json=form, headers=admin())
+    assert r.status_code == 200 and r.json()["restricted"] is True, r.text
+    await client.post("/api/v1/tools/id/calc/valves/update", json={"scale": 10}, headers=admin())
+    r = await client.post("/api/v1/tools/id/calc/call/mul", json={"arguments": {"a": 6, "b": 7}}, headers=user("bob"))
+    assert r.json()["result"] == "420", r.text
+    escape = content.replace("return a * b * self.valves.scale", "return ().__class__.__subclasses__()")
+    r = await client.post("/api/v1/tools/create", json={**form, "id": "escape", "content": escape}, headers=admin())
+    assert r.status_code == 400, r.text
+    assert any("__subclasses__" in line or "__class__" in line for line in r.json()["traceback"]), r.json()
