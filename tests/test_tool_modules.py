@@ -194,8 +194,11 @@ async def test_events_stream_in_order_and_event_calls(client: httpx.AsyncClient)
     assert refused["status"] == "error" and "the user closed the dialog" in refused["error"]["value"]
 
 
-async def test_a_tool_sees_nothing_of_other_tools_users_or_the_service(client: httpx.AsyncClient) -> None:
+async def test_a_tool_sees_nothing_of_other_tools_users_or_the_service(
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
     c = client
+    monkeypatch.setenv("EXECUTOR_SERVICE_SECRET", "service-secret")  # the service's own environment
     assert (await register(c, "keeper")).status_code == 200
     assert (await register(c, "other")).status_code == 200
     r = await c.post("/api/v1/tools/id/other/valves/update", json={"other_secret": "s3"}, headers=admin())
@@ -203,8 +206,8 @@ async def test_a_tool_sees_nothing_of_other_tools_users_or_the_service(client: h
     await c.post("/api/v1/tools/id/keeper/valves/user/update", json={"token": "bob-token"}, headers=user("bob"))
     assert (await c.post("/api/v1/tools/id/other/call/ping", json={}, headers=user("alice"))).json()["result"] == "pong"
     seen = json.loads((await call(c, "alice", "snoop"))["result"])
-    assert not [k for k in seen["env"] if "KEY" in k or (k.startswith("EXECUTOR_") and k not in
-                ("EXECUTOR_SANDBOX", "EXECUTOR_FONT_CACHE"))], seen["env"]  # fmt: skip
+    markers = {"EXECUTOR_SANDBOX", "EXECUTOR_FONT_CACHE", "EXECUTOR_BASE_PYTHON"}  # the sandbox's own
+    assert not [k for k in seen["env"] if "KEY" in k or (k.startswith("EXECUTOR_") and k not in markers)], seen["env"]
     assert seen["tool_modules"] == []
     assert "Valves" not in " ".join(m for m in seen["models"] if not m.startswith("Tools.")), seen["models"]
     assert json.loads((await call(c, "alice", "whoami"))["result"])["token"] == ""
