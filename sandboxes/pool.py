@@ -33,7 +33,8 @@ from sandboxes.base import Backend, EndEvent, Limits, Sandbox, SandboxError
 
 log = logging.getLogger(__name__)
 
-WARM_UP = "__import__('matplotlib.pyplot'); __import__('pandas'); __import__('numpy')"
+# pydantic too: every tool module's first call (the tool host) needs it.
+WARM_UP = "__import__('matplotlib.pyplot'); __import__('pandas'); __import__('numpy'); __import__('pydantic')"
 
 # Weight of the newest sample in the moving averages of start, warm-up and gate-hold durations.
 _ALPHA = 0.3

@@ -217,8 +217,14 @@ class ToolRegistry:
         return [to_record(r) for r in rows if self.may_read(principal, r)]
 
     async def for_call(self, principal: Principal, tool_id: str) -> tuple[ToolRecord, dict[str, Any]]:
-        """The tool (404 unless readable) and the caller's own user valves, secrets in clear: for calls."""
-        return await self.record(principal, tool_id), await self.user_valves_of(tool_id, principal)
+        """The tool (404 unless readable) and the caller's own user valves, secrets in clear: for calls.
+        One database session for both: this is on every call's path."""
+        async with self.store.sessionmaker() as db:
+            row = await db.get(ToolRow, tool_id)
+            if row is None or not self.may_read(principal, row):
+                raise NotFound("tool_not_found", f"tool {tool_id!r} does not exist")
+            mine = await db.get(UserValvesRow, (tool_id, principal.id))
+        return to_record(row), dict(mine.valves) if mine is not None else {}
 
     async def user_valves_of(self, tool_id: str, principal: Principal) -> dict[str, Any]:
         """The user valves ``principal`` (one end user) stored for ``tool_id``, secrets in clear: for calls."""
