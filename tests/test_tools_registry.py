@@ -262,7 +262,7 @@ async def test_create_list_get_update_delete(tmp_path: Path, cache_dir: Path) ->
         assert made["meta"]["description"] == "a tool" and made["restricted"] is False
         assert made["status"] == "ready" and made["access_grants"] == []
         assert isinstance(made["created_at"], int) and made["updated_at"] == made["created_at"]
-        assert s.runtime.extracts[-1]["requirements"] == ["requests", "pytz>=2024.1"]
+        assert s.runtime.extracts[-1]["requirements"] == ["pytz>=2024.1", "requests"]  # validated, canonical order
 
         # Both list paths answer directly (no redirect), without source.
         for path in ("/api/v1/tools/", "/api/v1/tools"):
