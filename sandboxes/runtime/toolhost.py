@@ -67,6 +67,19 @@ class _Host:
         self.tools: Any = None
         self.module: types.ModuleType | None = None
         self.tool_id = ""
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.loop_thread: threading.Thread | None = None
+
+    def event_loop(self) -> asyncio.AbstractEventLoop:
+        """The tool's own event loop, in a thread of its own, for the life of the sandbox: what a call leaves
+        (an HTTP session, a task) is there for the next one, as in Open WebUI's one loop."""
+        loop, thread = self.loop, self.loop_thread
+        if loop is None or loop.is_closed() or thread is None or not thread.is_alive():
+            loop = asyncio.new_event_loop()
+            thread = threading.Thread(target=loop.run_forever, name="tool-loop", daemon=True)
+            thread.start()
+            self.loop, self.loop_thread = loop, thread
+        return loop
 
 
 HOST = _Host()
@@ -282,18 +295,27 @@ def _call(payload: dict[str, Any]) -> None:
         return bound(**kwargs)
 
     box: dict[str, Any] = {}
+    finished = threading.Event()
+    # contextvars carry this cell's parent: what the tool prints, displays or asks belongs to this cell.
+    context = contextvars.copy_context()
+    loop = HOST.event_loop()
 
-    def run() -> None:
-        try:
-            box["value"] = asyncio.run(invoke())
-        except BaseException as exc:
-            box["error"] = exc
+    def begin() -> None:
+        task = loop.create_task(invoke(), context=context)
 
-    # Its own thread and loop: the kernel's loop is running in this one; contextvars carry this cell's parent,
-    # so output and input requests of the tool belong to this cell.
-    worker = threading.Thread(target=contextvars.copy_context().run, args=(run,), name="tool-call", daemon=True)
-    worker.start()
-    worker.join()
+        def end(done: asyncio.Task[Any]) -> None:
+            if done.cancelled():
+                box["error"] = asyncio.CancelledError("the call was cancelled")
+            elif done.exception() is not None:
+                box["error"] = done.exception()
+            else:
+                box["value"] = done.result()
+            finished.set()
+
+        task.add_done_callback(end)
+
+    loop.call_soon_threadsafe(begin)
+    finished.wait()
     if "error" in box:
         _failed(error=_error(box["error"]))
     else:
