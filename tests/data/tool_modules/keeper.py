@@ -104,9 +104,7 @@ class Tools:
         import gc
         import sys
 
-        seen_valves = [
-            type(o).__qualname__ for o in gc.get_objects() if isinstance(o, BaseModel)
-        ]
+        seen_valves = [type(o).__qualname__ for o in gc.get_objects() if isinstance(o, BaseModel)]
         return {
             "env": sorted(os.environ),
             "tool_modules": sorted(m for m in sys.modules if m.startswith("tool_")),
