@@ -21,6 +21,7 @@ The rules, as ``process_tool_result`` has them for a tool module (``tool_type`` 
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 from typing import Any
@@ -55,7 +56,7 @@ def decode(value: Any) -> Any:
     if kind == "str":
         return str(value.get("value", ""))
     if kind == "json":
-        return value.get("value")
+        return copy.deepcopy(value.get("value"))  # process() removes data URIs from lists: not from the caller's
     if kind == "scalar":
         text = str(value.get("text", value.get("value")))
         number = value.get("value")
