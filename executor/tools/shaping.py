@@ -21,6 +21,7 @@ The rules, as ``process_tool_result`` has them for a tool module (``tool_type`` 
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 from typing import Any
@@ -45,20 +46,26 @@ def _ui_message(function: str, status: int) -> dict[str, Any]:
     return {"status": "error", "code": "ui_component", "message": message}
 
 
-def _decode(value: Any) -> Any:
-    """The encoded value as plain data; a response stays a dict tagged ``__response__`` for the rules below."""
+def decode(value: Any) -> Any:
+    """The encoded value as the rules below see it: str, JSON data, a tuple, ``None``; a scalar (int, float,
+    bool) or anything else as a ``_Scalar`` (its ``str()``, remembering its JSON value); a response as a
+    ``_Response``."""
     if not isinstance(value, dict):
         return None
     kind = value.get("type")
     if kind == "str":
         return str(value.get("value", ""))
     if kind == "json":
-        return value.get("value")
+        return copy.deepcopy(value.get("value"))  # process() removes data URIs from lists: not from the caller's
     if kind == "scalar":
-        return _Scalar(str(value.get("text", value.get("value"))))
+        text = str(value.get("text", value.get("value")))
+        number = value.get("value")
+        if number is None and text in ("nan", "inf", "-inf"):
+            number = float(text)  # NaN and infinities travel as null; json.dumps writes NaN, Infinity
+        return _Scalar(text, number)
     if kind == "tuple":
         items = value.get("items")
-        return tuple(_decode(i) for i in items) if isinstance(items, list) else ()
+        return tuple(decode(i) for i in items) if isinstance(items, list) else ()
     if kind == "response":
         headers = value.get("headers")
         return _Response(
@@ -69,12 +76,35 @@ def _decode(value: Any) -> Any:
             text=str(value.get("repr", "")),
         )
     if kind == "repr":
-        return _Scalar(str(value.get("value", "")))
+        text = str(value.get("value", ""))
+        return _Scalar(text, text)
     return None
 
 
 class _Scalar(str):
-    """A value the model is given as ``str(value)``, but that is not a str to the rules (an int, a bool...)."""
+    """A value the model is given as ``str(value)``, but that is not a str to the rules (an int, a bool...);
+    ``json`` is what ``json.dumps`` writes for it inside a tuple (the number, or the text when the value was not
+    JSON at all: there Open WebUI's ``json.dumps`` raises)."""
+
+    json: Any
+
+    def __new__(cls, text: str, json_value: Any = None) -> _Scalar:
+        self = super().__new__(cls, text)
+        self.json = json_value
+        return self
+
+
+def _plain(value: Any) -> Any:
+    """A decoded value as ``json.dumps`` sees the original: scalars as their JSON values, tuples as lists."""
+    if isinstance(value, _Scalar):
+        return value.json
+    if isinstance(value, _Response):
+        return value.text  # not JSON: Open WebUI's json.dumps raises TypeError here
+    if isinstance(value, tuple | list):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
 
 
 class _Response:
@@ -146,7 +176,8 @@ def process(function: str, value: Any, *, tool_type: str = "") -> tuple[str | No
         if "inline" in value.headers.get("content-disposition", ""):
             embeds.append(value.body)
             ok = 200 <= value.status < 300
-            if ok and context is not None and isinstance(context, str | dict | list):
+            # An int, float or bool context is no context (a _Scalar is a str only to carry its text).
+            if ok and isinstance(context, str | dict | list) and not isinstance(context, _Scalar):
                 value = context
             else:
                 value = _ui_message(function, value.status)
@@ -170,7 +201,7 @@ def process(function: str, value: Any, *, tool_type: str = "") -> tuple[str | No
         value = json.dumps(value, indent=2, ensure_ascii=False, default=str)
     if value is not None and not isinstance(value, str):
         if isinstance(value, tuple):
-            value = json.dumps(value[0], indent=2, ensure_ascii=False, default=str) if value else ""
+            value = json.dumps(_plain(value[0]), indent=2, ensure_ascii=False, default=str) if value else ""
         elif isinstance(value, _Response):
             value = value.text or f"<{'HTMLResponse' if value.html else 'Response'} {value.status}>"
         else:
@@ -197,7 +228,7 @@ def _output_of(file: dict[str, Any]) -> ToolOutput | None:
 def shape_result(encoded: Any, function: str, max_bytes: int, *, tool_type: str = "") -> tuple[Any, list[ToolOutput]]:
     """The ToolResult's ``result`` (the model's text) and ``outputs`` (embeds, images, files) for an encoded
     value, cut to ``max_bytes`` in all (outputs past it are dropped; the text is cut with a marker)."""
-    text, files, embeds = process(function, _decode(encoded), tool_type=tool_type)
+    text, files, embeds = process(function, decode(encoded), tool_type=tool_type)
     outputs: list[ToolOutput] = [ToolOutput(type="html", mime_type="text/html", data=e) for e in embeds]
     outputs += [o for o in (_output_of(f) for f in files) if o is not None]
     budget = max_bytes

@@ -126,24 +126,27 @@ def _import(payload: dict[str, Any]) -> tuple[Any, types.ModuleType]:
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         f.write(source)
     module = types.ModuleType(name)
-    if payload.get("restricted"):
-        from . import restricted
+    sys.modules[name] = module
+    try:
+        if payload.get("restricted"):
+            from . import restricted
 
-        allowed = payload.get("allowed_imports")
-        namespace = restricted.load_module(
-            source, name, filename, allowed if isinstance(allowed, list) else restricted.DEFAULT_ALLOWED_IMPORTS
-        )
-        module.__dict__.update(namespace)
-    else:
-        module.__dict__["__file__"] = filename
-        sys.modules[name] = module
-        try:
+            allowed = payload.get("allowed_imports")
+            namespace = restricted.load_module(
+                source, name, filename, allowed if isinstance(allowed, list) else restricted.DEFAULT_ALLOWED_IMPORTS
+            )
+            module.__dict__.update(namespace)
+            sys.modules[name] = module  # load_module registered and dropped its own module object
+        else:
+            module.__dict__["__file__"] = filename
             exec(compile(source, filename, "exec"), module.__dict__)
-        finally:
-            sys.modules.pop(name, None)
-    if not hasattr(module, "Tools"):
-        raise Exception("No Tools class found in the module")
-    return module.Tools(), module
+        if not hasattr(module, "Tools"):
+            raise Exception("No Tools class found in the module")
+        # Tools() while the module is still in sys.modules, as load_tool_module_by_id does: pydantic finishes a
+        # model that names a class defined later in the file (Valves -> Target) by looking the module up there.
+        return module.Tools(), module
+    finally:
+        sys.modules.pop(name, None)
 
 
 def _schema(model: Any) -> dict[str, Any] | None:

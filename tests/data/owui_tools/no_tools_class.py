@@ -1,0 +1,8 @@
+"""
+title: No Tools Class
+"""
+
+
+class Toolz:
+    def x(self) -> str:
+        return "typo"
