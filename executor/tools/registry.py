@@ -216,6 +216,12 @@ class ToolRegistry:
             rows = list(await db.scalars(select(ToolRow).order_by(ToolRow.updated_at.desc())))
         return [to_record(r) for r in rows if self.may_read(principal, r)]
 
+    async def every(self) -> list[ToolRecord]:
+        """Every registered tool, oldest first (then by id), whoever may read it: for giving out names only."""
+        async with self.store.sessionmaker() as db:
+            rows = list(await db.scalars(select(ToolRow).order_by(ToolRow.created_at, ToolRow.id)))
+        return [to_record(r) for r in rows]
+
     async def for_call(self, principal: Principal, tool_id: str) -> tuple[ToolRecord, dict[str, Any]]:
         """The tool (404 unless readable) and the caller's own user valves, secrets in clear: for calls."""
         return await self.record(principal, tool_id), await self.user_valves_of(tool_id, principal)
