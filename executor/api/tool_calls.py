@@ -32,6 +32,7 @@ ToolId = Annotated[str, Path(max_length=128, pattern=r"^[a-z_][a-z0-9_]*$")]
 FunctionName = Annotated[str, Path(max_length=128, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
 _SSE_HEADERS = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
 KEEPALIVE_S = 15.0
+DISPLAY_FILE_EXTRAS = ("inline", "page")
 
 
 class ToolCallRequest(BaseModel):
@@ -222,10 +223,20 @@ async def face_call(name: FunctionName, request: Request, principal: CurrentPrin
     if not isinstance(arguments, dict):
         return JSONResponse({"detail": "the body must be a JSON object", "error": "bad_json", "field": "body"}, 400)
     tool, user_valves = await _catalog(request).for_call(principal, fn.tool_id)
+    arguments = _without_display_file_extras(fn, arguments)
     body = ToolCallRequest(arguments=arguments, metadata=_metadata_from_headers(request))
     _hosts(request).check_arguments(tool, fn.function, body.arguments)
     result = await _call(request, principal, tool, user_valves, fn.function, body, shape=None)
     return face_response(result, fn.function, request.app.state.settings.tool_max_result_bytes)
+
+
+def _without_display_file_extras(fn: PublishedFunction, arguments: dict[str, Any]) -> dict[str, Any]:
+    # Open WebUI adds ``inline`` and ``page`` to any tool-server function named display_file (for its terminal
+    # servers: add_terminal_display_file_inline_param), so a model may send them though the tool lacks them.
+    if fn.name != "display_file":
+        return arguments
+    props = fn.spec.get("parameters", {}).get("properties", {})
+    return {k: v for k, v in arguments.items() if k not in DISPLAY_FILE_EXTRAS or k in props}
 
 
 def _metadata_from_headers(request: Request) -> dict[str, Any] | None:

@@ -103,19 +103,26 @@ def openapi_document(functions: Iterable[PublishedFunction], *, version: str) ->
         params = fn.spec.get("parameters")
         schema = params if isinstance(params, dict) else {"type": "object", "properties": {}}
         description = str(fn.spec.get("description") or fn.name)
-        paths[f"/{fn.name}"] = {
-            "post": {
-                "operationId": fn.name,
-                "summary": description.strip().splitlines()[0][:200] if description.strip() else fn.name,
-                "description": description,
-                "tags": [fn.tool_id],
-                "requestBody": {"required": True, "content": {"application/json": {"schema": schema}}},
-                "responses": {
-                    "200": {"description": "What the function returned", "content": {"application/json": {}}},
-                    "500": {"description": "The function raised, or its sandbox failed"},
-                },
-            }
+        operation: dict[str, Any] = {
+            "operationId": fn.name,
+            "summary": description.strip().splitlines()[0][:200] if description.strip() else fn.name,
+            "description": description,
+            "tags": [fn.tool_id],
         }
+        # No body for a function without parameters: an empty object schema would read as one free-form
+        # "body" argument to converters that keep non-object bodies (ours does); clients send {} or nothing.
+        if schema.get("properties"):
+            operation["requestBody"] = {"required": True, "content": {"application/json": {"schema": schema}}}
+        operation["responses"] = {
+            "200": {
+                "description": "What the function returned: JSON, an inline HTML embed, or the text for the model",
+                "content": {"application/json": {}, "text/html": {}, "text/plain": {}},
+            },
+            "404": {"description": "No such function is offered to the caller"},
+            "422": {"description": "An unknown, reserved or missing argument"},
+            "500": {"description": "The function raised, or its sandbox failed"},
+        }
+        paths[f"/{fn.name}"] = {"post": operation}
     return {
         "openapi": "3.1.0",
         "info": {

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import inspect
 import json
 import os
 import re
@@ -76,6 +77,15 @@ METADATA = {"chat_id": "chat-1", "message_id": "msg-1", "session_id": "sess-1"}
 VALVES = {"api_key": "valve-secret", "retries": 3}
 USER_VALVES = {"units": "imperial", "token": "alice-token"}
 # (function, the model's arguments): arguments the spec does not declare are dropped by execute_tool_call.
+# The tools registered, in order: (id, file, grants). "other" is readable by alice only.
+PUBLIC = [{"principal_type": "user", "principal_id": "*", "permission": "read"}]
+TOOL_FILES: list[tuple[str, str, list[dict[str, str]]]] = [
+    ("keeper", "keeper.py", PUBLIC),
+    ("facets", "facets.py", PUBLIC),
+    ("other", "other.py", [{"principal_type": "user", "principal_id": USER["id"], "permission": "read"}]),
+]
+# (name Open WebUI lists, the model's arguments): arguments the spec does not declare are dropped by
+# execute_tool_call.
 CALLS: list[tuple[str, dict[str, Any]]] = [
     ("add", {"a": 2, "b": 3}),
     ("add", {"a": 2, "b": "3", "c": "dropped by Open WebUI"}),
@@ -86,6 +96,19 @@ CALLS: list[tuple[str, dict[str, Any]]] = [
     ("countdown", {"n": 2}),
     ("fail", {"why": "boom"}),
     ("confirm", {"what": "delete"}),
+    ("facets_add", {"a": 40}),
+    ("display_file", {"path": "a.txt", "inline": True, "page": 2}),
+    ("nothing", {}),
+    ("flag", {"on": False}),
+    ("ratio", {"x": 3}),
+    ("gallery", {}),
+    ("report", {}),
+    ("framed", {}),
+    ("page", {}),
+    ("raw", {}),
+    ("pair", {}),
+    ("thing", {}),
+    ("nan", {}),
 ]
 KEPT_RESPONSE_HEADERS = ("content-type", "content-disposition", "location", "content-length")
 DROPPED_REQUEST_HEADERS = ("host", "user-agent", "accept-encoding")
@@ -216,9 +239,10 @@ class Recorder:
 
 
 def scrub(value: Any) -> Any:
-    """Placeholders for what changes between runs (keys, port, pid)."""
+    """Placeholders for what changes between runs (keys, port, pid, object addresses in reprs)."""
     if isinstance(value, str):
         value = value.replace(FORWARD_KEY, "{forward_key}").replace(ADMIN_KEY, "{admin_key}")
+        value = re.sub(r" at 0x[0-9a-f]+>", " at 0x{address}>", value)
         return re.sub(r"127\.0\.0\.1:\d+", "127.0.0.1:{port}", value)
     if isinstance(value, dict):
         return {k: ("{pid}" if k == "pid" and isinstance(v, int) else scrub(v)) for k, v in value.items()}
@@ -234,20 +258,36 @@ def scrub_text(text: Any) -> Any:
     return scrub(text)
 
 
-def register(service: Service) -> dict[str, Any]:
-    content = (ROOT / "tests/data/tool_modules/keeper.py").read_text()
-    form = {
-        "id": "keeper",
-        "name": "Keeper",
-        "content": content,
-        "meta": {"description": "The keeper test tool"},
-        "access_grants": [{"principal_type": "user", "principal_id": "*", "permission": "read"}],
-    }
-    created = http("POST", f"{service.base}/api/v1/tools/create", ADMIN_KEY, form)
+def register(service: Service) -> list[dict[str, Any]]:
+    out = []
+    for tool_id, file, grants in TOOL_FILES:
+        form = {
+            "id": tool_id,
+            "name": tool_id.title(),
+            "content": (ROOT / "tests/data/tool_modules" / file).read_text(),
+            "meta": {"description": f"The {tool_id} test tool"},
+            "access_grants": grants,
+        }
+        created = http("POST", f"{service.base}/api/v1/tools/create", ADMIN_KEY, form)
+        out.append({"id": created["id"], "file": f"tests/data/tool_modules/{file}", "access_grants": grants})
     http("POST", f"{service.base}/api/v1/tools/id/keeper/valves/update", ADMIN_KEY, VALVES)
     user_headers = {"X-OpenWebUI-User-Id": USER["id"]}
     http("POST", f"{service.base}/api/v1/tools/id/keeper/valves/user/update", FORWARD_KEY, USER_VALVES, user_headers)
-    return {"id": created["id"], "specs": [s["name"] for s in created.get("specs", [])]}
+    return out
+
+
+def local_tools() -> dict[str, Any]:
+    """The test tool files imported here (trusted test data), for what Open WebUI gives the same value locally."""
+    import importlib.util
+
+    out = {}
+    for tool_id, file, _ in TOOL_FILES:
+        spec = importlib.util.spec_from_file_location(f"tool_{tool_id}", ROOT / "tests/data/tool_modules" / file)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        out[tool_id] = module.Tools()
+    return out
 
 
 def response_headers(headers: Any) -> dict[str, str] | None:
@@ -325,6 +365,7 @@ def run(wheel: Wheel, service: Service) -> dict[str, Any]:
         tools = await ns["get_tools"](request, [f"server:{SERVER_ID}"], user, extra_params)
         assert not recorder.records, "get_tools must not fetch anything"
         calls = []
+        locals_ = local_tools()
         for name, args in CALLS:
             tool = tools[name]
             allowed = tool["spec"].get("parameters", {}).get("properties", {}).keys()
@@ -339,6 +380,42 @@ def run(wheel: Wheel, service: Service) -> dict[str, Any]:
             )
             sent = recorder.take()
             assert len(sent) == 1, sent
+            # The tool is the operation's tag; the function its name without the collision prefix.
+            owner = servers[0]["openapi"]["paths"][f"/{name}"]["post"]["tags"][0]
+            function = name if hasattr(locals_[owner], name) else name.removeprefix(f"{owner}_")
+            method = getattr(locals_[owner], function)
+            local = None
+            if "__event_call__" not in inspect.signature(method).parameters:
+                # The same function as a local tool module, the way get_tools and execute_tool_call run it:
+                # valves set, the extra params it declares bound (get_async_tool_function_and_apply_extra_params,
+                # which also coerces "3" to 3 for an int), the model's arguments filtered to the tool's own
+                # spec; then process_tool_result with tool_type "".
+                tools_obj = locals_[owner]
+                if hasattr(tools_obj, "Valves") and owner == "keeper":
+                    tools_obj.valves = tools_obj.Valves(**VALVES)
+                local_user = dict(USER)
+                if hasattr(tools_obj, "UserValves"):
+                    local_user["valves"] = tools_obj.UserValves(**USER_VALVES)
+
+                async def emitter(event: Any) -> None:
+                    pass
+
+                bound = await ns["get_async_tool_function_and_apply_extra_params"](
+                    method,
+                    {"__user__": local_user, "__id__": owner, "__metadata__": dict(METADATA),
+                     "__event_emitter__": emitter, "__messages__": [], "__files__": []},
+                )  # fmt: skip
+                op = servers[0]["openapi"]["paths"][f"/{name}"]["post"]
+                schema = op.get("requestBody", {}).get("content", {}).get("application/json", {}).get("schema", {})
+                own = schema.get("properties") or {}
+                try:
+                    value = await bound(**{k: v for k, v in args.items() if k in own})
+                except Exception as e:
+                    value = {"error": str(e)}
+                ltext, lfiles, lembeds = await ns_mw["process_tool_result"](
+                    request, name, value, "", False, dict(METADATA), user
+                )
+                local = {"text": scrub_text(ltext), "files": lfiles, "embeds": lembeds}
             calls.append(
                 {
                     "function": name,
@@ -347,6 +424,8 @@ def run(wheel: Wheel, service: Service) -> dict[str, Any]:
                     "request": sent[0],
                     "execute_tool_server": {"data": scrub(data), "headers": response_headers(headers)},
                     "process_tool_result": {"text": scrub_text(text), "files": files, "embeds": embeds},
+                    "tool": {"id": owner, "function": function},
+                    "local_process_tool_result": local,
                 }
             )
         return {
