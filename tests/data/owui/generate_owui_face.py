@@ -375,6 +375,7 @@ def run(wheel: Wheel, service: Service) -> dict[str, Any]:
             except Exception as e:  # as execute_tool_call does
                 result = {"error": str(e)}
             data, headers = result if isinstance(result, tuple) else (result, None)
+            data = copy.deepcopy(data)  # process_tool_result removes data: URLs from a list in place
             text, files, embeds = await ns_mw["process_tool_result"](
                 request, name, result, tool.get("type", ""), False, dict(METADATA), user
             )
@@ -430,6 +431,9 @@ def run(wheel: Wheel, service: Service) -> dict[str, Any]:
             )
         return {
             "listing_request": listing,
+            # convert_openapi_to_tool_payload alone (server_data's specs also went through
+            # add_terminal_display_file_inline_param, which adds inline and page to any display_file).
+            "tool_payload": ns["convert_openapi_to_tool_payload"](servers[0]["openapi"]),
             "server_data": scrub({k: v for k, v in servers[0].items() if k != "openapi"}),
             "openapi": scrub(servers[0]["openapi"]),
             "tools": [
