@@ -482,11 +482,16 @@ def main() -> None:
             "wheel_sha256": wheel.sha256,
             "note": (
                 "Open WebUI's own tool-server client against this service's face (a real service, real kernels). "
-                "connection is what an admin adds; listing_request is the document fetch; tools is get_tools' "
-                "output (name, spec, tool_id, type; callables omitted); each call records the request as sent "
-                "(headers minus Host/User-Agent/Accept-Encoding), what execute_tool_server returned (data and "
-                "the response headers process_tool_result reads) and process_tool_result's (text, files, embeds)."
-                " {port}, {forward_key}, {admin_key} and {pid} stand for what changes between runs."
+                "connection is what an admin adds; listing_request is the document fetch (the key alone: no user "
+                "headers); tool_payload is convert_openapi_to_tool_payload(openapi); server_data is "
+                "get_tool_servers_data's entry (specs also through add_terminal_display_file_inline_param); tools "
+                "is get_tools' output (name, spec, tool_id, type; callables omitted). Each call records the "
+                "request as sent (headers minus Host/User-Agent/Accept-Encoding), what execute_tool_server "
+                "returned (data, and the response headers process_tool_result reads), process_tool_result's "
+                "(text, files, embeds) with tool_type 'external', and local_process_tool_result: what Open WebUI "
+                "gives the same function run as a local tool module (get_async_tool_function_and_apply_extra_params"
+                ", tool_type ''; null for a function that needs __event_call__). {port}, {forward_key}, "
+                "{admin_key}, {pid} and {address} stand for what changes between runs."
             ),
             "connection": {
                 "type": "openapi",
