@@ -3,7 +3,6 @@ one OpenAPI tool server (``/api/v1/tools/server``) that Open WebUI adds as a con
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -21,7 +20,7 @@ from executor.errors import NotFound, Unavailable
 from executor.sessions.log import ExecutionLog
 from executor.toolresult import ToolResult
 from executor.tools.dispatch import ToolHosts
-from executor.tools.published import PublishedFunction, module_functions, openapi_document
+from executor.tools.published import PublishedFunction, face_answer, module_functions, openapi_document
 from executor.tools.records import ToolCatalog, ToolRecord
 from executor.tools.shaping import shape_result
 
@@ -33,6 +32,7 @@ ToolId = Annotated[str, Path(max_length=128, pattern=r"^[a-z_][a-z0-9_]*$")]
 FunctionName = Annotated[str, Path(max_length=128, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
 _SSE_HEADERS = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
 KEEPALIVE_S = 15.0
+DISPLAY_FILE_EXTRAS = ("inline", "page")
 
 
 class ToolCallRequest(BaseModel):
@@ -90,12 +90,14 @@ async def _call(
     function: str,
     body: ToolCallRequest,
     publish: Any = None,
+    *,
+    shape: Any = shape_result,
 ) -> ToolResult:
     hosts = _hosts(request)
     audit: AuditLog = request.app.state.audit
     result = await hosts.call(
         tool, principal, function, body.arguments,
-        user_valves=user_valves, metadata=body.metadata, publish=publish, shape=shape_result,
+        user_valves=user_valves, metadata=body.metadata, publish=publish, shape=shape,
     )  # fmt: skip
     audit.record(
         "tool_call",
@@ -199,14 +201,22 @@ async def tool_build(id: ToolId, principal: CurrentPrincipal, hosts: Hosts) -> d
 
 
 # -- the OpenAPI tool-server face ---------------------------------------------------------------------------
+# Open WebUI 0.12.4 fetches the document once for every user (get_tool_servers_data at start-up and on config
+# saves, cached app-wide) with only the connection's bearer key, then calls each function as the chatting user
+# (X-OpenWebUI-User-* headers). So names are given out over every tool, whoever asks, and only then filtered to
+# what the caller may read: a name means the same function in the list and in every user's calls.
+# Its client does not follow redirects (AIOHTTP_CLIENT_ALLOW_REDIRECTS is off by default): every route also
+# answers with a trailing slash instead of redirecting.
 
 
 async def _published(request: Request, principal: Principal) -> list[PublishedFunction]:
-    tools = await _catalog(request).usable(principal)
-    return module_functions(tools, set())
+    catalog = _catalog(request)
+    readable = {t.id for t in await catalog.usable(principal)}
+    return [f for f in module_functions(await catalog.every(), set()) if f.tool_id in readable]
 
 
 @face.get("/openapi.json", include_in_schema=False)
+@face.get("/openapi.json/", include_in_schema=False)
 async def face_openapi(request: Request, principal: CurrentPrincipal) -> JSONResponse:
     """The OpenAPI document Open WebUI reads when this is added as a tool server (URL ``<base>/api/v1/tools/server``,
     path ``openapi.json``): one operation per function the caller may use."""
@@ -215,9 +225,11 @@ async def face_openapi(request: Request, principal: CurrentPrincipal) -> JSONRes
 
 
 @face.post("/{name}", include_in_schema=False)
+@face.post("/{name}/", include_in_schema=False)
 async def face_call(name: FunctionName, request: Request, principal: CurrentPrincipal) -> Response:
     """Call a function by its published name; the body is its arguments. The answer is what a tool server
-    answers: the value as JSON, or the tool's own response (an HTML embed keeps its headers)."""
+    answers (see ``face_answer``): the value as JSON, an inline HTML embed, or the model's text; errors in this
+    service's error shape (500 when the tool raised)."""
     functions = await _published(request, principal)
     fn = next((f for f in functions if f.name == name), None)
     if fn is None:
@@ -229,10 +241,20 @@ async def face_call(name: FunctionName, request: Request, principal: CurrentPrin
     if not isinstance(arguments, dict):
         return JSONResponse({"detail": "the body must be a JSON object", "error": "bad_json", "field": "body"}, 400)
     tool, user_valves = await _catalog(request).for_call(principal, fn.tool_id)
+    arguments = _without_display_file_extras(fn, arguments)
     body = ToolCallRequest(arguments=arguments, metadata=_metadata_from_headers(request))
     _hosts(request).check_arguments(tool, fn.function, body.arguments)
-    result = await _call(request, principal, tool, user_valves, fn.function, body)
-    return face_response(result)
+    result = await _call(request, principal, tool, user_valves, fn.function, body, shape=None)
+    return face_response(result, fn.function, request.app.state.settings.tool_max_result_bytes)
+
+
+def _without_display_file_extras(fn: PublishedFunction, arguments: dict[str, Any]) -> dict[str, Any]:
+    # Open WebUI adds ``inline`` and ``page`` to any tool-server function named display_file (for its terminal
+    # servers: add_terminal_display_file_inline_param), so a model may send them though the tool lacks them.
+    if fn.name != "display_file":
+        return arguments
+    props = fn.spec.get("parameters", {}).get("properties", {})
+    return {k: v for k, v in arguments.items() if k not in DISPLAY_FILE_EXTRAS or k in props}
 
 
 def _metadata_from_headers(request: Request) -> dict[str, Any] | None:
@@ -245,16 +267,11 @@ def _metadata_from_headers(request: Request) -> dict[str, Any] | None:
     return meta or None
 
 
-def face_response(result: ToolResult) -> Response:
-    """A ToolResult as a tool server's HTTP answer."""
+def face_response(result: ToolResult, function: str, max_bytes: int) -> Response:
+    """A ToolResult whose ``result`` is the tool's encoded value (unshaped) as a tool server's HTTP answer."""
     if result.status != "ok":
         error = result.error
         detail = f"{error.name}: {error.value}" if error else "the tool failed"
         return JSONResponse({"detail": detail, "error": "tool_error", "field": None}, 500)
-    for output in result.outputs:
-        if output.type == "html":
-            return Response(output.data, media_type="text/html", headers={"Content-Disposition": "inline"})
-    value = result.result
-    if isinstance(value, bytes):
-        return Response(base64.b64encode(value), media_type="text/plain")
-    return JSONResponse(value)
+    answer = face_answer(result.result, function, max_bytes)
+    return Response(answer.body, media_type=answer.media_type, headers=answer.headers)

@@ -103,5 +103,8 @@ class ToolCatalog(Protocol):
     async def usable(self, principal: Principal) -> list[ToolRecord]:
         """Every tool the principal may read (and so call), in a stable order."""
 
+    async def every(self) -> list[ToolRecord]:
+        """Every registered tool, oldest first, regardless of who asks (names must not depend on the caller)."""
+
     async def for_call(self, principal: Principal, tool_id: str) -> tuple[ToolRecord, dict[str, Any]]:
         """The tool and the principal's user valves (secrets in clear); NotFound without read access."""

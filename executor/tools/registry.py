@@ -24,7 +24,7 @@ import time
 from typing import Any
 
 import httpx
-from sqlalchemy import delete, select
+from sqlalchemy import delete, literal_column, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import defer
 
@@ -215,6 +215,14 @@ class ToolRegistry:
         async with self.store.sessionmaker() as db:
             rows = list(await db.scalars(select(ToolRow).order_by(ToolRow.updated_at.desc())))
         return [to_record(r) for r in rows if self.may_read(principal, r)]
+
+    async def every(self) -> list[ToolRecord]:
+        """Every registered tool, oldest first, whoever may read it: for giving out names only."""
+        # created_at has whole seconds: SQLite's rowid keeps the order of creation within one.
+        tie = literal_column("rowid") if self.store.url.startswith("sqlite") else ToolRow.id
+        async with self.store.sessionmaker() as db:
+            rows = list(await db.scalars(select(ToolRow).order_by(ToolRow.created_at, tie)))
+        return [to_record(r) for r in rows]
 
     async def for_call(self, principal: Principal, tool_id: str) -> tuple[ToolRecord, dict[str, Any]]:
         """The tool (404 unless readable) and the caller's own user valves, secrets in clear: for calls.
