@@ -143,6 +143,12 @@ class Sandbox(Protocol):
     def file_owner(self) -> int | None:
         """The uid that must own files the service puts in the work dir (None: leave as is)."""
 
+    @property
+    def egress_socket(self) -> Path | None:
+        """The host path where the service binds this sandbox's egress proxy (``<run dir>/egress.sock``), which
+        the runtime's relay reaches at 127.0.0.1:3128 inside; None when the sandbox has no net namespace of its
+        own (unjailed: it has the host's network) or the backend has no such dir (fake, remote)."""
+
     async def start(self) -> None:
         """Start the kernel and return once it answers and its output channel is live."""
 

@@ -27,6 +27,7 @@ from typing import Any
 import zmq.asyncio
 
 from sandboxes.base import Limits, SandboxError
+from sandboxes.egress import PIP_TARGET, egress_env
 from sandboxes.kernel import (
     DEFAULT_MAX_MESSAGE_BYTES,
     KernelPaths,
@@ -392,12 +393,14 @@ class ContainerProcess:
             "MPLCONFIGDIR": "/tmp/matplotlib",
             "IPYTHONDIR": "/tmp/ipython",
             "JUPYTER_RUNTIME_DIR": "/tmp/jupyter",
-            "PYTHONPATH": ":".join(["/opt/executor/lib", *(inside for _, inside in self.layers)]),
+            "PYTHONPATH": ":".join(["/opt/executor/lib", *(inside for _, inside in self.layers), PIP_TARGET]),
             "EXECUTOR_FONT_CACHE": "/opt/executor/cache/matplotlib",
             "PYTHONDONTWRITEBYTECODE": "1",
             "OMP_NUM_THREADS": threads,
             "OPENBLAS_NUM_THREADS": threads,
             "MKL_NUM_THREADS": threads,
+            # --network none leaves loopback only: every outbound byte goes through the service's proxy.
+            **egress_env(IN_RUN),
         }
         fsize = lim.file_size_mb * 1024 * 1024
         return self.backend.client.containers.run(

@@ -92,6 +92,10 @@ class FakeSandbox:
         return None
 
     @property
+    def egress_socket(self) -> Path | None:
+        return None
+
+    @property
     def alive(self) -> bool:
         return self._state in ("starting", "idle", "busy")
 

@@ -44,6 +44,7 @@ from sandboxes.base import (
     StatusEvent,
     StreamEvent,
 )
+from sandboxes.egress import SOCKET_NAME
 from sandboxes.mounts import WorkDirTmpfs
 from sandboxes.runtime import SECCOMP_FAILED_EXIT
 
@@ -531,6 +532,13 @@ class KernelSandbox:
     @property
     def file_owner(self) -> int | None:
         return self.provisioner.file_owner
+
+    @property
+    def egress_socket(self) -> Path | None:
+        # Every provisioner but the unjailed one gives the kernel its own net namespace and the run dir.
+        if self.jail == "none":
+            return None
+        return self.provisioner.paths.rundir / SOCKET_NAME
 
     # -- life -----------------------------------------------------------------------------------------------
 

@@ -42,6 +42,7 @@ import zmq.asyncio
 
 from sandboxes.base import Limits, SandboxError, instance_id
 from sandboxes.cgroups import Cgroup, CgroupManager
+from sandboxes.egress import PIP_TARGET, egress_env
 from sandboxes.kernel import (
     DEFAULT_MAX_MESSAGE_BYTES,
     KernelPaths,
@@ -487,7 +488,7 @@ class LocalProcess:
                 "IPYTHONDIR": "/tmp/ipython" if jailed else str(d / "ipython"),
                 "JUPYTER_RUNTIME_DIR": "/tmp/jupyter" if jailed else str(d / "jupyter"),
                 "PYTHONPATH": os.pathsep.join(
-                    [JAIL_LIB, *(inside for _, inside in self.layers)]
+                    [JAIL_LIB, *(inside for _, inside in self.layers), PIP_TARGET]
                     if jailed
                     else [str(RUNTIME_DIR.parent), *(str(host) for host, _ in self.layers)]
                 ),
@@ -501,6 +502,9 @@ class LocalProcess:
                 MARKER_ENV: f"{self.backend.instance}:{self.id}",
             }
         )
+        if jailed:
+            # Its own net namespace (loopback only): every outbound byte goes through the service's proxy.
+            env.update(egress_env(JAIL_RUN))
         return env
 
     def _command(self) -> tuple[list[str], dict[str, str]]:

@@ -85,15 +85,49 @@ def load_filter(*, required: bool = True) -> None:
     SECCOMP = "loaded"
 
 
+def _prepare_pip_target() -> None:
+    # `pip install NAME` installs into PIP_TARGET (a writable dir on PYTHONPATH, set by the backend). Python
+    # looked for it at start-up, when it did not exist, and remembered that: create it and drop the memo, so a
+    # package installed later imports without a restart (after importlib.invalidate_caches(), the user's call).
+    target = os.environ.get("PIP_TARGET")
+    if not target:
+        return
+    try:
+        os.makedirs(target, exist_ok=True)
+    except OSError:
+        return
+    sys.path_importer_cache.pop(target, None)
+    if target not in sys.path:
+        sys.path.append(target)
+
+
+def _start_egress_relay() -> None:
+    # Only where the backend put the sandbox in its own net namespace and a proxy socket in its run dir.
+    path = os.environ.get("EXECUTOR_EGRESS_SOCKET")
+    port = os.environ.get("EXECUTOR_EGRESS_PORT")
+    if not path or not port:
+        return
+    from . import relay
+
+    try:
+        relay.start(path, int(port))
+    except (OSError, ValueError) as exc:
+        # No egress is not worth refusing to run code for: the kernel runs on, offline, and says why.
+        os.write(_process_stderr(), f"sandbox runtime: the egress relay did not start: {exc}\n".encode())
+
+
 def setup(*, seccomp: bool = True) -> None:
-    """Harden and prepare the kernel before any user code: seccomp filter, binary stdout/stderr, thread output
-    routed to the cell that started the thread, matplotlib inline as PNG, caches.
+    """Harden and prepare the kernel before any user code: seccomp filter, the egress relay, binary
+    stdout/stderr, thread output routed to the cell that started the thread, matplotlib inline as PNG, caches,
+    the pip target dir.
 
     Called once via ``exec_lines``. The filter goes first so nothing after it runs unfiltered; IPython swallows
     exceptions from ``exec_lines``, so a failed filter ends the process (``os._exit``) instead of raising.
     """
     load_filter(required=seccomp)
+    _start_egress_relay()
     streams.add_binary_buffers()
     streams.route_thread_output()
     _copy_font_cache()
+    _prepare_pip_target()
     _configure_ipython()
