@@ -187,6 +187,24 @@ def test_the_env_names_the_socket_the_port_and_the_proxy() -> None:
     assert env["PIP_TARGET"] == PIP_TARGET and env["PIP_NO_CACHE_DIR"] == "1"
 
 
+def test_only_a_jailed_local_kernel_gets_the_egress_env_and_socket(tmp_path: Path) -> None:
+    from sandboxes.local import LocalBackend, LocalConfig, LocalProcess
+
+    require_bwrap()
+    backend = LocalBackend(LocalConfig(data_dir=tmp_path / "d", use_cgroups=False))
+    jailed = LocalProcess(backend, "abc", Limits(), {"HTTP_PROXY": "http://evil:1"})
+    env = jailed._kernel_env()
+    assert {k: env[k] for k in egress_env("/run/kernel")} == egress_env("/run/kernel")
+    assert env["PYTHONPATH"].split(":")[-1] == PIP_TARGET
+    sandbox = KernelSandbox("abc", Limits(), jailed, start_timeout_s=1)
+    assert sandbox.egress_socket == jailed.paths.rundir / SOCKET_NAME
+
+    backend.jail = "none"
+    unjailed = LocalProcess(backend, "def", Limits(), {})
+    assert "EXECUTOR_EGRESS_SOCKET" not in unjailed._kernel_env() and "HTTP_PROXY" not in unjailed._kernel_env()
+    assert KernelSandbox("def", Limits(), unjailed, start_timeout_s=1).egress_socket is None
+
+
 # -- end to end, in real kernels ---------------------------------------------------------------------------
 
 
