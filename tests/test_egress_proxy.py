@@ -382,3 +382,14 @@ async def test_aclose_cuts_live_tunnels_and_leaves_nothing(tmp_path: Path) -> No
         assert env.records[0].error == "proxy closed"
         with pytest.raises(OSError):
             await asyncio.open_unix_connection(str(env.path))
+
+
+async def test_connection_lifetime_is_capped(tmp_path: Path) -> None:
+    async with environment(tmp_path, ProxyLimits(connection_timeout_s=0.2, idle_timeout_s=30)) as env:
+        reader, writer = await asyncio.open_unix_connection(str(env.path))
+        writer.write(f"CONNECT allowed.test:{env.http.port} HTTP/1.1\r\n\r\n".encode())
+        assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200 ")
+        assert await reader.read() == b""
+        writer.close()
+        await settle(env.records, 1)
+        assert env.records[0].cut == "time"
