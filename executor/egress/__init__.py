@@ -6,5 +6,18 @@ sandbox's run dir, where a :class:`SandboxProxy` (one per sandbox) decides each 
 """
 
 from executor.egress.policy import RANK, Decision, Mode, Resolver, Rule, SandboxPolicy, decide, system_resolve
+from executor.egress.proxy import EgressRecord, ProxyLimits, SandboxProxy
 
-__all__ = ["RANK", "Decision", "Mode", "Resolver", "Rule", "SandboxPolicy", "decide", "system_resolve"]
+__all__ = [
+    "RANK",
+    "Decision",
+    "EgressRecord",
+    "Mode",
+    "ProxyLimits",
+    "Resolver",
+    "Rule",
+    "SandboxPolicy",
+    "SandboxProxy",
+    "decide",
+    "system_resolve",
+]
