@@ -12,6 +12,8 @@ from executor import errors
 from executor.access.service import Access
 from executor.accesslog import AccessLogMiddleware
 from executor.api import access, docs, health, sessions, tool_calls, tool_servers, tools
+from executor.api import egress as egress_api
+from executor.egress.service import EgressService
 from executor.openapi.service import ToolServerService
 from executor.sessions import SessionManager
 from executor.settings import Settings
@@ -116,7 +118,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.state.access = guard
             app.state.audit = guard.audit
             backends, unavailable = make_backends(settings)
-            manager = SessionManager(settings, store, backends, unavailable)
+            egress = EgressService(settings, store, guard.audit)
+            # After the sessions stop (the stack unwinds backwards): they detach their proxies first.
+            stack.push_async_callback(_logged, "the egress proxies", egress.aclose)
+            app.state.egress = egress
+            manager = SessionManager(settings, store, backends, unavailable, egress=egress)
             # Registered before it starts: stop() stops the backends that did start if start() fails.
             stack.push_async_callback(_logged, "the sessions and backends", manager.stop)
             await manager.start()
@@ -126,7 +132,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             layers = LayerBuilder(layer_settings(settings))
             stack.push_async_callback(_logged, "the requirements builder", layers.close)
             hosts = ToolHosts(
-                settings, manager, layers=layers, restricted_imports=settings.tool_restricted_imports or None
+                settings,
+                manager,
+                layers=layers,
+                restricted_imports=settings.tool_restricted_imports or None,
+                egress=egress,
             )
             await hosts.start()
             # Before the sessions stop: tool sandboxes are leased from the manager.
@@ -158,6 +168,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(sessions.router)
     app.include_router(tool_servers.router)
     app.include_router(tools.router)
+    app.include_router(egress_api.router)
     app.include_router(tool_calls.router)
     app.include_router(tool_calls.face)
     app.include_router(access.router)

@@ -217,12 +217,36 @@ class Settings(BaseSettings):
         "sandboxes/runtime/restricted.py DEFAULT_ALLOWED_IMPORTS).",
     )
 
+    # Network access from sandboxes (executor/egress/): only through the service's forward proxy.
+    egress_default: Literal["none", "allowlist", "public"] = Field(
+        "none", description="Egress policy of a session that asks for none: none, allowlist or public."
+    )
+    egress_client_max: Literal["none", "allowlist", "public"] = Field(
+        "none",
+        description="The widest policy a non-admin client may ask for per session (none < allowlist < public); "
+        "a request above it is 403.",
+    )
+    egress_tool_default: Literal["none", "allowlist", "public"] = Field(
+        "none", description="Egress policy of a tool module an admin has set none for."
+    )
+    egress_sandbox_allowlist: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated hosts, *.wildcards, host:port pairs, IPs and CIDRs sessions may reach under "
+        "the allowlist policy; under public, the internal addresses (exact names, IPs, CIDRs) they may reach too.",
+    )
+    egress_max_connections: int = Field(16, ge=1, description="Concurrent proxied connections per sandbox.")
+    egress_max_mb_in: int = Field(512, ge=1, description="Bytes a sandbox may download through the proxy, MiB.")
+    egress_max_mb_out: int = Field(64, ge=1, description="Bytes a sandbox may upload through the proxy, MiB.")
+    egress_connection_timeout_s: float = Field(300, gt=0, description="Longest life of one proxied connection.")
+    egress_idle_timeout_s: float = Field(60, gt=0, description="A proxied connection silent this long is cut.")
+
     @field_validator(
         "api_keys",
         "admin_api_keys",
         "forward_identity_api_keys",
         "allowed_backends",
         "egress_allowlist",
+        "egress_sandbox_allowlist",
         "tool_pip_find_links",
         "tool_restricted_imports",
         mode="before",

@@ -206,7 +206,13 @@ async def test_a_tool_sees_nothing_of_other_tools_users_or_the_service(
     await c.post("/api/v1/tools/id/keeper/valves/user/update", json={"token": "bob-token"}, headers=user("bob"))
     assert (await c.post("/api/v1/tools/id/other/call/ping", json={}, headers=user("alice"))).json()["result"] == "pong"
     seen = json.loads((await call(c, "alice", "snoop"))["result"])
-    markers = {"EXECUTOR_SANDBOX", "EXECUTOR_FONT_CACHE", "EXECUTOR_BASE_PYTHON"}  # the sandbox's own
+    markers = {
+        "EXECUTOR_SANDBOX",
+        "EXECUTOR_FONT_CACHE",
+        "EXECUTOR_BASE_PYTHON",
+        "EXECUTOR_EGRESS_PORT",
+        "EXECUTOR_EGRESS_SOCKET",
+    }  # the sandbox's own
     assert not [k for k in seen["env"] if "KEY" in k or (k.startswith("EXECUTOR_") and k not in markers)], seen["env"]
     assert seen["tool_modules"] == []
     assert "Valves" not in " ".join(m for m in seen["models"] if not m.startswith("Tools.")), seen["models"]

@@ -24,7 +24,7 @@ from executor.access.principal import Principal
 from executor.store import Base, Store
 
 log = logging.getLogger("executor.audit")
-Kind = Literal["admin", "refused", "tool_call"]
+Kind = Literal["admin", "refused", "tool_call", "egress"]
 FLUSH_INTERVAL_S = 0.2
 MAX_PENDING = 10_000
 
@@ -91,6 +91,7 @@ class AuditLog:
         duration_ms: float | None = None,
         detail: dict[str, Any] | None = None,
         key_id: str | None = None,
+        principal_id: str | None = None,
     ) -> None:
         """Queue an entry (never blocks, never raises) and write its log line now."""
         if kind == "refused" and len(self._pending) >= MAX_PENDING:
@@ -100,8 +101,8 @@ class AuditLog:
             id=uuid.uuid4().hex,
             at=datetime.now(UTC),
             kind=kind,
-            principal=principal.id if principal else None,
-            key_id=principal.key_id if principal else key_id,
+            principal=principal.id if principal else principal_id,
+            key_id=principal.key_id if principal else (key_id or _key_of(principal_id)),
             action=action,
             target=target,
             status=status,
@@ -187,6 +188,11 @@ def _line(row: AuditRow) -> dict[str, Any]:
         "duration_ms": row.duration_ms,
         "detail": row.detail,
     }
+
+
+def _key_of(principal_id: str | None) -> str | None:
+    # Principal ids are "<key id>" or "<key id>/<end user>" (Principal.id).
+    return principal_id.split("/", 1)[0] if principal_id else None
 
 
 def _utc(when: datetime) -> datetime:

@@ -126,7 +126,7 @@ async def read_audit(
     admin: AdminPrincipal,
     access: AccessDep,
     principal: Annotated[str | None, Query(max_length=200, description="a principal id, or a key id")] = None,
-    kind: Annotated[Kind | None, Query(description="admin, refused or tool_call")] = None,
+    kind: Annotated[Kind | None, Query(description="admin, refused, tool_call or egress")] = None,
     since: Annotated[datetime | None, Query(description="ISO 8601; entries at or after")] = None,
     until: Annotated[datetime | None, Query(description="ISO 8601; entries before")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,

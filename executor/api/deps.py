@@ -9,6 +9,7 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 
 from executor.access.principal import Principal
 from executor.access.service import Access
+from executor.egress.service import EgressService
 from executor.errors import Forbidden, Unauthenticated
 
 _bearer = HTTPBearer(auto_error=False, description="An API key (EXECUTOR_API_KEYS, EXECUTOR_ADMIN_API_KEYS, or "
@@ -67,3 +68,11 @@ async def optional_principal(request: Request, bearer: Bearer, api_key: ApiKey) 
     except Unauthenticated:
         return None
     return access.principal(key, {}, None)
+
+
+async def get_egress(request: Request) -> EgressService:
+    egress: EgressService = request.app.state.egress
+    return egress
+
+
+Egress = Annotated[EgressService, Depends(get_egress)]

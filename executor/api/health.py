@@ -41,6 +41,7 @@ async def readyz(request: Request, principal: Annotated[Principal | None, Depend
     except Exception as exc:  # report, never raise: this is a probe
         body["database"] = f"error: {type(exc).__name__}"
         body["status"] = "unavailable"
+    body["egress"] = state.egress.describe()
     body["sessions"] = {
         "live": len(sessions.sessions),
         "pooled": {name: len(pool.ready) for name, pool in sessions.pools.items()},

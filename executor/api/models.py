@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, field_validator
 
+from executor.egress.policy import SandboxPolicy
 from executor.results import ExecutionStatus
 from executor.sessions import LimitsRequest, NewSession, SessionStatus, SessionView
 
@@ -63,15 +64,28 @@ class SessionCreate(BaseModel):
     backend: Literal["local", "docker"] | None = Field(
         None, description="Sandbox backend, among those the admin allows; the service default if omitted."
     )
+    egress: Literal["none", "allowlist", "public"] | None = Field(
+        None,
+        description="Network policy of the sandbox (through the service's egress proxy): none, allowlist (the "
+        "admin's host list) or public (public addresses). Up to EXECUTOR_EGRESS_CLIENT_MAX; the service "
+        "default if omitted.",
+    )
+    egress_allow: list[str] | None = Field(
+        None,
+        max_length=256,
+        description="Your own host list (hosts, *.wildcards, host:port, IPs, CIDRs): it only narrows the policy, "
+        "never widens it.",
+    )
 
     _env = field_validator("env")(_check_env)
 
-    def to_domain(self) -> NewSession:
+    def to_domain(self, egress: SandboxPolicy | None = None) -> NewSession:
         return NewSession(
             limits=self.limits.to_domain() if self.limits else LimitsRequest(),
             ttl_s=self.ttl_s,
             env=self.env,
             backend=self.backend,
+            egress=egress,
         )
 
 
@@ -94,6 +108,9 @@ class SessionInfo(BaseModel):
     jail: str | None = None
     sandbox_id: str | None = Field(None, description="The sandbox (container label executor.sandbox) it runs in.")
     ref: str | None = Field(None, description="The backend's own name for the sandbox: the container id (docker).")
+    egress: dict[str, Any] | None = Field(
+        None, description="The network policy in force: {mode, allow, narrow, proxy} (proxy false: no network at all)."
+    )
 
     @classmethod
     def of(cls, view: SessionView) -> SessionInfo:
@@ -109,6 +126,7 @@ class SessionInfo(BaseModel):
             jail=view.jail,
             sandbox_id=view.sandbox_id,
             ref=view.ref,
+            egress=view.egress,
         )
 
 

@@ -19,7 +19,7 @@ from fastapi.responses import StreamingResponse
 from fastapi.sse import KEEPALIVE_COMMENT, EventSourceResponse, format_sse_event
 
 from executor import workfiles
-from executor.api.deps import CurrentPrincipal
+from executor.api.deps import CurrentPrincipal, Egress
 from executor.api.models import (
     ExecutionAccepted,
     ExecutionRequest,
@@ -64,10 +64,15 @@ def _json(raw: str, status_code: int = 200) -> Response:
 async def create_session(
     principal: CurrentPrincipal,
     manager: Manager,
+    egress: Egress,
     body: Annotated[SessionCreate | None, Body(description="Optional: no body is the same as {}.")] = None,
 ) -> SessionInfo:
     """Start a sandboxed kernel. 429 with Retry-After when the host or the caller is at capacity."""
-    session = await manager.create(principal.id, (body or SessionCreate()).to_domain())
+    body = body or SessionCreate()
+    policy = None
+    if body.egress is not None or body.egress_allow is not None:
+        policy = egress.session_policy(body.egress, body.egress_allow, admin=principal.role == "admin")
+    session = await manager.create(principal.id, body.to_domain(policy))
     return SessionInfo.of(session.view())
 
 

@@ -138,8 +138,11 @@ async def update_tool_access(
 
 @router.delete("/id/{tool_id}/delete", response_model=bool)
 async def delete_tool(request: Request, tool_id: ToolId, principal: CurrentPrincipal) -> bool:
-    """Delete a tool with its valves and every user's user valves (write access)."""
-    return await _registry(request).delete(principal, tool_id)
+    """Delete a tool with its valves, every user's user valves and its egress policy (write access)."""
+    deleted = await _registry(request).delete(principal, tool_id)
+    if deleted:
+        await request.app.state.egress.forget_tool(tool_id)
+    return deleted
 
 
 @router.get("/id/{tool_id}/valves", response_model=dict[str, Any] | None)

@@ -23,6 +23,8 @@ from typing import Any, Literal
 
 from executor import workfiles
 from executor.access.principal import key_of
+from executor.egress.policy import SandboxPolicy
+from executor.egress.service import EgressService
 from executor.errors import Conflict, Invalid, NotFound, RateLimited, TooLarge, Unavailable
 from executor.results import ErrorInfo, ExecutionResult, ExecutionStatus, FileInfo, ResultBuilder
 from executor.sessions.log import ExecutionLog
@@ -74,6 +76,7 @@ class NewSession:
     ttl_s: int | None = None
     env: dict[str, str] | None = None
     backend: str | None = None
+    egress: SandboxPolicy | None = None  # None: the service default
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +105,7 @@ class SessionView:
     jail: str | None = None
     sandbox_id: str | None = None
     ref: str | None = None
+    egress: dict[str, Any] | None = None
 
 
 @dataclass(eq=False)
@@ -175,6 +179,7 @@ class Session:
     executions: OrderedDict[str, Execution] = field(default_factory=OrderedDict)
     current: Execution | None = None
     worker: asyncio.Task[None] | None = None
+    egress: dict[str, Any] | None = None
 
     @property
     def expires_at(self) -> datetime:
@@ -197,6 +202,7 @@ class Session:
             jail=self.sandbox.jail if self.sandbox is not None else None,
             sandbox_id=self.sandbox_id,
             ref=self.ref,
+            egress=self.egress,
         )
 
 
@@ -210,8 +216,10 @@ class SessionManager:
         store: Store,
         backends: dict[str, Backend],
         unavailable: dict[str, str] | None = None,
+        egress: EgressService | None = None,
     ) -> None:
         self.settings = settings
+        self.egress = egress
         self.store = store
         self.persist = Persistence(store)
         self.backends = backends
@@ -409,23 +417,39 @@ class SessionManager:
                 del self._starting[owner]
 
     async def lease(
-        self, owner: str, *, backend: str | None = None, purpose: str = "tool", layers: Sequence[Path] = ()
+        self,
+        owner: str,
+        *,
+        backend: str | None = None,
+        purpose: str = "tool",
+        layers: Sequence[Path] = (),
+        egress: SandboxPolicy | None = None,
     ) -> Sandbox:
         """A sandbox outside any session (a tool host), counted against the same limits as sessions: the
-        host's, the owner's and the key's; ``layers`` are read-only package dirs on its ``sys.path``. The caller
-        closes it with :meth:`release`. RateLimited when full."""
+        host's, the owner's and the key's; ``layers`` are read-only package dirs on its ``sys.path``; its network
+        goes through the egress proxy under ``egress`` (no proxy when None). The caller closes it with
+        :meth:`release`. RateLimited when full."""
         name = backend or self.settings.backend
         if name not in self.backends:
             reason = self.unavailable.get(name, "it is not one of the allowed backends")
             raise Unavailable("backend_unavailable", f"backend {name!r} is unavailable: {reason}")
         limits = self._sandbox_limits(self._resolve_limits(LimitsRequest()))
-        sandbox = await self._acquire_sandbox(name, limits, None, owner, f"{purpose}-{_new_id()}", layers)
+        subject = f"{purpose}-{_new_id()}"
+        sandbox = await self._acquire_sandbox(name, limits, None, owner, subject, layers)
         self._leases[sandbox.id] = owner
+        if egress is not None and self.egress is not None:
+            try:
+                await self.egress.attach(sandbox, egress, owner=owner, subject=purpose)
+            except BaseException:
+                await self.release(sandbox)
+                raise
         return sandbox
 
     async def release(self, sandbox: Sandbox) -> None:
         """Close a leased sandbox (idempotent) and stop counting it."""
         try:
+            if self.egress is not None:
+                await self.egress.detach(sandbox.id)
             await sandbox.close()
         finally:
             self._leases.pop(sandbox.id, None)
@@ -451,7 +475,18 @@ class SessionManager:
         if name in self.unavailable:
             raise Unavailable("backend_unavailable", f"backend {name!r} is unavailable: {self.unavailable[name]}")
         session_id = _new_id()
+        policy = req.egress
+        if policy is None and self.egress is not None:
+            policy = self.egress.session_policy(None, None, admin=True)
         sandbox = await self._acquire_sandbox(name, self._sandbox_limits(limits), req.env, owner, session_id)
+        egress_view: dict[str, Any] | None = None
+        if policy is not None and self.egress is not None:
+            try:
+                await self.egress.attach(sandbox, policy, owner=owner, subject=f"session:{session_id}")
+            except BaseException:
+                await sandbox.close()
+                raise
+            egress_view = {**policy.describe(), "proxy": self.egress.available(sandbox)}
         session = Session(
             id=session_id,
             owner=owner,
@@ -461,6 +496,7 @@ class SessionManager:
             sandbox=sandbox,
             sandbox_id=sandbox.id,
             ref=sandbox.ref,
+            egress=egress_view,
         )
         self.sessions[session.id] = session
         session.worker = asyncio.create_task(self._work(session))
@@ -589,6 +625,8 @@ class SessionManager:
         session.reason = reason
         if session.sandbox is not None:
             try:
+                if self.egress is not None:
+                    await self.egress.detach(session.sandbox.id)
                 await session.sandbox.close()
             except Exception:
                 log.exception("sandbox %s of session %s did not close cleanly", session.sandbox.id, session.id)

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from executor.access.principal import Principal
+from executor.egress.service import EgressService
 from executor.errors import DomainError, NotFound, RateLimited, Unavailable, Unprocessable
 from executor.sessions import SessionManager
 from executor.settings import Settings
@@ -152,9 +153,11 @@ class ToolHosts:
         *,
         layers: LayerBuilder | None = None,
         restricted_imports: list[str] | None = None,
+        egress: EgressService | None = None,
     ) -> None:
         self.settings = settings
         self.manager = manager
+        self.egress = egress
         self.layers = layers
         self.builds: dict[str, BuildStatus] = {}
         self.restricted_imports = restricted_imports
@@ -247,18 +250,21 @@ class ToolHosts:
         layer = await self.layers.ensure(reqs, progress, target=target)
         return [layer.path]
 
-    async def _lease(self, owner: str, layers: Sequence[Path] = ()) -> Sandbox:
-        """A fresh sandbox for ``owner``. When the owner or the host is at its limit, the least recently used
-        idle tool sandbox (the owner's own first) is closed and the lease tried once more."""
+    async def _lease(self, owner: str, tool_id: str, layers: Sequence[Path] = ()) -> Sandbox:
+        """A fresh sandbox for ``owner`` under the tool's egress policy. When the owner or the host is at its
+        limit, the least recently used idle tool sandbox (the owner's own first) is closed and the lease tried
+        once more."""
+        policy = await self.egress.tool_policy(tool_id) if self.egress is not None else None
+        purpose = f"tool:{tool_id}"
         try:
-            return await self.manager.lease(owner, backend=self.backend, layers=layers)
+            return await self.manager.lease(owner, backend=self.backend, layers=layers, egress=policy, purpose=purpose)
         except RateLimited as exc:
             mine = exc.code in ("too_many_sessions", "too_many_sessions_for_key")
             victim = self._idlest(owner if exc.code == "too_many_sessions" else None, key_wide=mine)
             if victim is None:
                 raise
             await self._drop(victim)
-            return await self.manager.lease(owner, backend=self.backend, layers=layers)
+            return await self.manager.lease(owner, backend=self.backend, layers=layers, egress=policy, purpose=purpose)
 
     def _idlest(self, owner: str | None, *, key_wide: bool = False) -> _Host | None:
         idle = [h for h in self._hosts.values() if not h.lock.locked()]
@@ -288,7 +294,7 @@ class ToolHosts:
             for extra in mine[: max(0, len(mine) - self.settings.tool_sandboxes_per_principal + 1)]:
                 if not extra.lock.locked():
                     await self._drop(extra)
-            sandbox = await self._lease(principal.id, await self._layers(tool.requirements))
+            sandbox = await self._lease(principal.id, tool.id, await self._layers(tool.requirements))
             host = _Host(key=key, sandbox=sandbox, last_used=time.monotonic())
             self._hosts[key] = host
         self._making.pop(key, None)
@@ -426,7 +432,7 @@ class ToolHosts:
             finally:
                 status.finished_at = datetime.now(UTC)
                 log.info("tool %s: requirements %s", tool_id, status.status)
-        sandbox = await self._lease(f"tool-registry/{tool_id}", layers)
+        sandbox = await self._lease(f"tool-registry/{tool_id}", tool_id, layers)
         try:
             try:
                 out = await self._op(sandbox, "extract", self._source(tool_id, content, restricted),
