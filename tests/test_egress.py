@@ -269,6 +269,9 @@ async def test_policies_ceiling_and_session_info(client: httpx.AsyncClient, targ
     # A client's own list narrows the admin's: the http port only.
     narrow = await new_session(client, egress="allowlist", egress_allow=[f"{HOST}:{targets.http}"])
     assert printed(await run(client, narrow["id"], fetch_code(f"http://{HOST}:{targets.http}/hello")))["status"] == 200
+    # A restarted kernel starts its relay again on the same proxy.
+    assert (await client.post(f"/api/v1/sessions/{narrow['id']}/restart")).status_code == 200
+    assert printed(await run(client, narrow["id"], fetch_code(f"http://{HOST}:{targets.http}/hello")))["status"] == 200
     out = printed(await run(client, narrow["id"], fetch_code(f"https://{HOST}:{targets.https}/hello", targets.ca_pem)))
     assert "403" in out.get("text", ""), out
     # An admin key may ask for more than the ceiling.
@@ -327,16 +330,18 @@ TOOL = '''
 """
 title: Fetcher
 """
-import urllib.request, urllib.error
+import ssl, urllib.request, urllib.error
 
 
 class Tools:
-    def fetch(self, url: str) -> str:
+    def fetch(self, url: str, ca: str = "") -> str:
         """Fetch a URL.
         :param url: what to fetch
+        :param ca: a CA certificate (PEM) to trust
         """
+        ctx = ssl.create_default_context(cadata=ca) if ca else None
         try:
-            with urllib.request.urlopen(url, timeout=20) as r:
+            with urllib.request.urlopen(url, timeout=20, context=ctx) as r:
                 return r.read().decode()
         except urllib.error.HTTPError as e:
             return f"{e.code} {e.read().decode()}"
@@ -362,6 +367,12 @@ async def test_a_tool_module_reaches_what_its_policy_allows(client: httpx.AsyncC
             "/api/v1/tools/id/fetcher/call/fetch", json={"arguments": {"url": f"http://{HOST}:{targets.https}/"}}
         )
         assert "not-listed" in r.text, r.text
+        both = [f"{HOST}:{targets.http}", f"{HOST}:{targets.https}"]
+        r = await a.post("/api/v1/tools/id/fetcher/egress", json={"mode": "allowlist", "allow": both})
+        assert r.status_code == 200, r.text
+        secure = {"url": f"https://{HOST}:{targets.https}/hello", "ca": targets.ca_pem}
+        r = await a.post("/api/v1/tools/id/fetcher/call/fetch", json={"arguments": secure})
+        assert r.status_code == 200 and "hello from the target" in r.text, r.text  # live sandbox, new policy
         r = await a.post("/api/v1/tools/id/fetcher/egress", json={"mode": "sometimes"})
         assert r.status_code == 422, r.text
         r = await client.post("/api/v1/tools/id/fetcher/egress", json={"mode": "public"})
