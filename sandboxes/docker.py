@@ -414,7 +414,13 @@ class ContainerProcess:
             security_opt=["no-new-privileges"],
             user=f"{SANDBOX_UID}:{SANDBOX_UID}",
             read_only=True,
-            tmpfs={"/tmp": f"rw,nosuid,nodev,noexec,size={cfg.tmp_size_mb}m"},
+            tmpfs={
+                "/tmp": f"rw,nosuid,nodev,noexec,size={cfg.tmp_size_mb}m",
+                # pip's target (packages installed through the egress proxy): exec, as /work is, so compiled
+                # extensions load; capped like the work dir, and counted in the memory limit as every tmpfs is.
+                PIP_TARGET: f"rw,nosuid,nodev,exec,size={cfg.work_dir_size_mb}m,uid={SANDBOX_UID},"
+                f"gid={SANDBOX_UID},mode=0755",
+            },
             mounts=[
                 Mount(IN_WORK, str(self.paths.workdir), type="bind"),
                 Mount(IN_RUN, str(self.paths.rundir), type="bind"),

@@ -229,11 +229,16 @@ async def test_pip_installs_from_an_allow_listed_index(client: httpx.AsyncClient
         "print(p.returncode, p.stderr[-500:])\n"
         "importlib.invalidate_caches()\n"
         "import exegress_pkg\n"
-        "print(exegress_pkg.VALUE)\n",
+        "print(exegress_pkg.VALUE)\n"
+        # Compiled extensions must load from there: the target allows exec (Docker: its own tmpfs).
+        "import os, shutil\n"
+        "shutil.copy('/bin/true', os.environ['PIP_TARGET'] + '/t'); os.chmod(os.environ['PIP_TARGET'] + '/t', 0o755)\n"
+        "print('exec', subprocess.run([os.environ['PIP_TARGET'] + '/t']).returncode)\n",
         timeout_s=120,
     )
     assert res["status"] == "ok", res
     assert res["stdout"].startswith("0 ") and "installed through the proxy" in res["stdout"], res
+    assert "exec 0" in res["stdout"], res
     await client.delete(f"/api/v1/sessions/{sid}")
 
 
