@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 
 import pytest
@@ -306,3 +307,32 @@ async def test_decision_as_dict() -> None:
         "port": 443,
         "addresses": ["93.184.216.34"],
     }
+
+
+async def test_a_lookup_that_never_answers_is_refused_and_holds_only_the_resolvers_threads(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import socket
+    import threading
+
+    from executor.egress.policy import BoundedResolver
+
+    release = threading.Event()
+
+    def hangs(*args: object, **kwargs: object) -> list[object]:
+        release.wait(30)
+        return []
+
+    monkeypatch.setattr(socket, "getaddrinfo", hangs)
+    resolver = BoundedResolver(workers=1, timeout_s=0.2)
+    try:
+        policy = SandboxPolicy.parse("public")
+        first = await decide(policy, "slow.example", 443, resolve=resolver)
+        second = await decide(policy, "slower.example", 443, resolve=resolver)  # waits behind the first: refused too
+        assert (first.allowed, first.rule) == (False, "dns") and "no answer" in first.reason, first
+        assert (second.allowed, second.rule) == (False, "dns"), second
+        # The loop's default executor (the rest of the service) was never involved.
+        assert await asyncio.get_running_loop().run_in_executor(None, lambda: 42) == 42
+    finally:
+        release.set()
+        resolver.close()

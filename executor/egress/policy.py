@@ -11,6 +11,8 @@ internal address, so ``*.example.com`` cannot be turned into a path inside by po
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import functools
 import ipaddress
 import re
 import socket
@@ -217,6 +219,38 @@ async def system_resolve(host: str, port: int) -> Sequence[str]:
         if address not in out:
             out.append(address)
     return out
+
+
+class BoundedResolver:
+    """The system resolver on threads of its own, with a deadline per lookup.
+
+    A sandbox chooses the names, so it chooses how slow each lookup is: on the event loop's default executor a
+    few names that never answer would hold the threads the rest of the service (the Docker SDK, file work)
+    needs. Here they hold at most ``workers`` threads of their own, and a lookup past ``timeout_s`` is refused
+    (rule ``dns``) while its thread finishes in the background.
+    """
+
+    def __init__(self, workers: int = 4, timeout_s: float = 5.0) -> None:
+        self.timeout_s = timeout_s
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="egress-dns")
+
+    async def __call__(self, host: str, port: int) -> Sequence[str]:
+        loop = asyncio.get_running_loop()
+        lookup = functools.partial(socket.getaddrinfo, host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                infos = await loop.run_in_executor(self._pool, lookup)
+        except TimeoutError:
+            raise OSError(f"no answer within {self.timeout_s:g} s") from None
+        out: list[str] = []
+        for info in infos:
+            address = str(info[4][0]).split("%")[0]
+            if address not in out:
+                out.append(address)
+        return out
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
 
 class _Refused(Exception):

@@ -20,7 +20,7 @@ from sqlalchemy import JSON, BigInteger, String, delete, select
 from sqlalchemy.orm import Mapped, mapped_column
 
 from executor.access.audit import AuditLog
-from executor.egress.policy import RANK, Decision, Mode, Rule, SandboxPolicy, decide
+from executor.egress.policy import RANK, BoundedResolver, Decision, Mode, Rule, SandboxPolicy, decide
 from executor.egress.proxy import EgressRecord, ProxyLimits, SandboxProxy
 from executor.errors import Forbidden, Invalid
 from executor.settings import Settings
@@ -81,6 +81,7 @@ class EgressService:
             idle_timeout_s=settings.egress_idle_timeout_s,
         )
         self._bound: dict[str, _Bound] = {}
+        self.resolve = BoundedResolver()
 
     # -- policies ------------------------------------------------------------------------------------------
     def session_policy(self, asked: str | None, narrow: list[str] | None, *, admin: bool) -> SandboxPolicy:
@@ -159,7 +160,9 @@ class EgressService:
             raise Invalid("bad_url", "url must be an absolute http:// or https:// URL", field="url")
         rules = parse_rules(allow, "allow") if allow is not None else self.session_allow
         policy = SandboxPolicy(mode=Mode(mode or self.settings.egress_default), allow=rules)
-        return policy, await decide(policy, host, port or (443 if parts.scheme == "https" else 80))
+        return policy, await decide(
+            policy, host, port or (443 if parts.scheme == "https" else 80), resolve=self.resolve
+        )
 
     # -- proxies -------------------------------------------------------------------------------------------
     def available(self, sandbox: Sandbox) -> bool:
@@ -175,7 +178,7 @@ class EgressService:
         def record(rec: EgressRecord) -> None:
             self._audit(owner, subject, rec)
 
-        proxy = SandboxProxy(policy, self.limits, record)
+        proxy = SandboxProxy(policy, self.limits, record, resolve=self.resolve)
         await proxy.serve(path, owner_uid=sandbox.file_owner)
         self._bound[sandbox.id] = _Bound(proxy, owner, subject)
 
@@ -208,6 +211,7 @@ class EgressService:
     async def aclose(self) -> None:
         for sandbox_id in list(self._bound):
             await self.detach(sandbox_id)
+        self.resolve.close()
 
     def _audit(self, owner: str, subject: str, rec: EgressRecord) -> None:
         if self.audit is None:
