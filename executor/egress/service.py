@@ -42,7 +42,7 @@ class ToolEgressRow(Base):
     updated_at: Mapped[int] = mapped_column(BigInteger)
 
 
-def parse_rules(entries: list[str], field_name: str) -> tuple[Rule, ...]:
+def field_rules(entries: list[str], field_name: str) -> tuple[Rule, ...]:
     """Rules of a host list; Invalid naming the field and the entry for a bad one."""
     rules: list[Rule] = []
     for i, entry in enumerate(entries):
@@ -95,7 +95,7 @@ class EgressService:
                 "EXECUTOR_EGRESS_CLIENT_MAX)",
                 field="egress",
             )
-        rules = parse_rules(narrow, "egress_allow") if narrow is not None else None
+        rules = field_rules(narrow, "egress_allow") if narrow is not None else None
         if rules is not None and mode == Mode.NONE:
             raise Invalid(
                 "egress_allow_without_policy", "egress_allow needs policy allowlist or public", field="egress_allow"
@@ -116,7 +116,7 @@ class EgressService:
 
     async def set_tool_policy(self, tool_id: str, mode: str, allow: list[str], by: str | None) -> SandboxPolicy:
         """Store an admin's policy for a tool and apply it to the tool's live sandboxes at once."""
-        rules = parse_rules(allow, "allow")
+        rules = field_rules(allow, "allow")
         policy = SandboxPolicy(mode=Mode(mode), allow=rules)
         async with self.store.sessionmaker() as db:
             row = await db.get(ToolEgressRow, tool_id)
@@ -158,7 +158,7 @@ class EgressService:
             raise Invalid("bad_url", f"url cannot be parsed: {exc}", field="url") from None
         if parts.scheme not in ("http", "https") or not host:
             raise Invalid("bad_url", "url must be an absolute http:// or https:// URL", field="url")
-        rules = parse_rules(allow, "allow") if allow is not None else self.session_allow
+        rules = field_rules(allow, "allow") if allow is not None else self.session_allow
         policy = SandboxPolicy(mode=Mode(mode or self.settings.egress_default), allow=rules)
         return policy, await decide(
             policy, host, port or (443 if parts.scheme == "https" else 80), resolve=self.resolve
