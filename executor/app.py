@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from executor import errors
 from executor.access.service import Access
 from executor.accesslog import AccessLogMiddleware
-from executor.api import access, docs, health, sessions, tool_calls, tool_servers, tools
+from executor.api import access, docs, health, jupyter, sessions, tool_calls, tool_servers, tools
 from executor.api import egress as egress_api
 from executor.egress.service import EgressService
 from executor.openapi.service import ToolServerService
@@ -172,4 +172,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(tool_calls.router)
     app.include_router(tool_calls.face)
     app.include_router(access.router)
+    # Jupyter clients build every path from a base URL they are given: the root, or this prefix.
+    app.state.jupyter = jupyter.JupyterFace()
+    app.include_router(jupyter.router, prefix=settings.jupyter_prefix)
     return app
