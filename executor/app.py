@@ -10,7 +10,7 @@ from fastapi import FastAPI
 
 from executor import errors
 from executor.access.service import Access
-from executor.accesslog import AccessLogMiddleware
+from executor.accesslog import AccessLogMiddleware, redact_websocket_queries
 from executor.api import access, docs, health, jupyter, sessions, tool_calls, tool_servers, tools
 from executor.api import egress as egress_api
 from executor.egress.service import EgressService
@@ -162,6 +162,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.add_middleware(AccessLogMiddleware)
+    # Jupyter clients send their key as ?token= on the websocket, which uvicorn would log in full.
+    redact_websocket_queries()
     docs.install(app)
     errors.install(app)
     app.include_router(health.router)
