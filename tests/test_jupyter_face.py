@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import logging
 import os
 
 import httpx
@@ -207,7 +208,8 @@ async def test_a_5_mb_image_arrives_under_1_mib(service: Service) -> None:
         assert image.width < 1300
 
 
-async def test_kernel_info_and_stdin_over_the_websocket(service: Service) -> None:
+async def test_kernel_info_and_stdin_over_the_websocket(service: Service, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="uvicorn.error")
     async with service.client() as c:
         kid = (await c.post("/api/kernels", json={"name": "python3"})).json()["id"]
         try:
@@ -228,6 +230,9 @@ async def test_kernel_info_and_stdin_over_the_websocket(service: Service) -> Non
                 assert all(m["parent_header"]["msg_id"] == "ex-1" for m in seen)
         finally:
             await c.delete(f"/api/kernels/{kid}")
+    # uvicorn logs the handshake; the key the client put in the query string is not in that line.
+    assert f"WebSocket /api/kernels/{kid}/channels" in caplog.text
+    assert KEY_A not in caplog.text
 
 
 class TestPrefix:
@@ -243,3 +248,57 @@ class TestPrefix:
             assert (await c.get("/jupyter/api")).json() == {"version": "2.14.0"}
             specs = (await c.get("/jupyter/api/kernelspecs")).json()
             assert specs["default"] == "python3" and "python3" in specs["kernelspecs"]
+
+
+async def _run_ws(ws: websockets.ClientConnection, code: str, msg_id: str) -> list[dict]:
+    """Send one execute_request and collect what answers it, up to its idle status."""
+    await ws.send(json.dumps(execute_request(code, msg_id)))
+    seen: list[dict] = []
+    while not seen or seen[-1].get("content") != {"execution_state": "idle"}:
+        m = json.loads(await ws.recv())
+        if m["parent_header"].get("msg_id") == msg_id:
+            seen.append(m)
+    return seen
+
+
+async def test_sessions_interrupt_restart_and_shutdown(service: Service) -> None:
+    async with service.client() as c:
+        r = await c.post("/api/sessions", json={"path": "a.ipynb", "name": "a", "type": "notebook",
+                                                "kernel": {"name": "python3"}})  # fmt: skip
+        assert r.status_code == 201, r.text
+        js = r.json()
+        kid = js["kernel"]["id"]
+        assert [s["id"] for s in (await c.get("/api/sessions")).json()] == [js["id"]]
+        async with service.client(KEY_B) as b:
+            assert (await b.get(f"/api/sessions/{js['id']}")).status_code == 404
+            assert (await b.get("/api/sessions")).json() == []
+        async with websockets.connect(ws_url(f"{service.url}/", {"token": KEY_A}, kid)) as ws:
+            await _run_ws(ws, "x = 41", "set")
+            await ws.send(
+                json.dumps(execute_request("import time\nprint('sleeping', flush=True)\ntime.sleep(60)", "s"))
+            )
+            while json.loads(await ws.recv())["msg_type"] != "stream":
+                pass  # the cell is running
+            assert (await c.post(f"/api/kernels/{kid}/interrupt")).status_code == 204
+            seen = []
+            while not seen or seen[-1].get("content") != {"execution_state": "idle"}:
+                seen.append(json.loads(await ws.recv()))
+            reply = next(m for m in seen if m["msg_type"] == "execute_reply")
+            assert reply["content"]["status"] in ("error", "aborted")
+            # The kernel and its state survive an interrupt.
+            got = await _run_ws(ws, "x + 1", "after")
+            assert next(m for m in got if m["msg_type"] == "execute_result")["content"]["data"]["text/plain"] == "42"
+        r = await c.post(f"/api/kernels/{kid}/restart")
+        assert r.status_code == 200 and r.json()["id"] == kid
+        async with websockets.connect(ws_url(f"{service.url}/", {"token": KEY_A}, kid)) as ws:
+            got = await _run_ws(ws, "x", "gone")
+            assert any(m["msg_type"] == "error" and m["content"]["ename"] == "NameError" for m in got)
+            shutdown = execute_request("", "bye")
+            shutdown.update(channel="control", content={"restart": False})
+            shutdown["header"]["msg_type"] = "shutdown_request"
+            await ws.send(json.dumps(shutdown))
+            assert json.loads(await ws.recv())["msg_type"] == "shutdown_reply"
+            with pytest.raises(websockets.ConnectionClosed):
+                await ws.recv()
+        assert (await c.get(f"/api/kernels/{kid}")).status_code == 404
+        assert (await c.get("/api/sessions")).json() == []

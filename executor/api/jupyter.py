@@ -213,7 +213,7 @@ async def start_kernel(
     face.forget_gone(manager)
     session = await manager.create(principal.id, NewSession())
     model = kernel_model(session, face)
-    location = f"{request.scope.get('root_path', '')}{request.url.path.rstrip('/')}/{session.id}"
+    location = f"{request.url.path.rstrip('/')}/{session.id}"
     return JSONResponse(model, status_code=201, headers={"Location": location})
 
 
@@ -389,8 +389,9 @@ class _Channels:
                     msg = json.loads(text)
                 except ValueError:
                     continue
-                if isinstance(msg, dict):
-                    await self.dispatch(msg)
+                if isinstance(msg, dict) and not await self.dispatch(msg):
+                    await self.ws.close()
+                    return
         finally:
             for task in self.tasks:
                 task.cancel()
@@ -411,7 +412,8 @@ class _Channels:
     def _reply(self, parent: dict[str, Any], channel: str, msg_type: str, content: dict[str, Any]) -> dict[str, Any]:
         return message(channel, msg_type, content, parent, self.kernel_session)
 
-    async def dispatch(self, msg: dict[str, Any]) -> None:
+    async def dispatch(self, msg: dict[str, Any]) -> bool:
+        """Answer one client message; False when the connection is to end (the kernel was shut down)."""
         header = msg.get("header") if isinstance(msg.get("header"), dict) else {}
         assert isinstance(header, dict)
         msg_type = str(header.get("msg_type") or msg.get("msg_type") or "")
@@ -420,7 +422,7 @@ class _Channels:
         assert isinstance(content, dict)
         if channel == "stdin":
             log.debug("kernel %s: stdin message %s ignored (stdin is not offered)", self.session.id, msg_type)
-            return
+            return True
         if msg_type == "execute_request":
             await self.execute(header, content)
         elif msg_type == "kernel_info_request":
@@ -439,10 +441,12 @@ class _Channels:
                 self._spawn(self._restart())
             else:
                 await self.manager.end(self.session, "closed", "shut down by its Jupyter client")
+                return False
         elif msg_type.endswith("_request"):
             error = {"status": "error", "ename": "NotImplementedError", "traceback": [],
                      "evalue": f"{msg_type} is not offered by this service"}  # fmt: skip
             await self.send(self._reply(header, channel, msg_type.replace("_request", "_reply"), error))
+        return True
 
     async def _answer(self, parent: dict[str, Any], channel: str, msg_type: str, content: dict[str, Any]) -> None:
         # As a kernel does: busy, the reply, idle, all answering the request.
