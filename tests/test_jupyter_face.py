@@ -69,6 +69,15 @@ def test_long_text_is_cut_with_a_marker() -> None:
     assert len(kept) > LIMIT // 4  # cut to the limit, not to nothing
 
 
+def test_a_traceback_of_many_lines_still_fits() -> None:
+    lines = [f"frame {i}" for i in range(300_000)]
+    msg = message("iopub", "error", {"ename": "RecursionError", "evalue": "deep", "traceback": lines}, {}, "s")
+    fitted = fit.fit(msg, LIMIT)
+    assert fit.size(fitted) <= LIMIT
+    assert fitted["content"]["traceback"][0] == "frame 0"
+    assert fitted["content"]["traceback"][-1] == fit.marker(LIMIT)
+
+
 def test_a_long_stream_is_split_not_cut() -> None:
     text = "".join(f"{i}\n" for i in range(400_000)) + "\x01" * 50_000 + "é" * 300_000
     msg = message("iopub", "stream", {"name": "stdout", "text": text}, {"msg_id": "m"}, "s")

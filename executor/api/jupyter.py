@@ -471,13 +471,21 @@ class _Channels:
         count = self.face.counts.get(self.session.id, 0) + 1
         self.face.counts[self.session.id] = count
         replies = CellReplies(parent=header, session=self.kernel_session, code=str(code), execution_count=count)
-        if not isinstance(code, str) or self.session.id not in self.manager.sessions:
-            why = "the kernel has ended" if isinstance(code, str) else "execute_request without code"
-            gone = {"name": "KernelError", "value": why, "traceback": []}
-            for m in replies.finish(json.dumps({"status": "error", "error": gone})):
+        refusal: tuple[str, str] | None = None
+        if not isinstance(code, str):
+            refusal = ("KernelError", "execute_request without code")
+        elif self.session.id not in self.manager.sessions:
+            refusal = ("KernelError", "the kernel has ended")
+        else:
+            try:
+                ex = self.manager.submit(self.session, code, None)
+            except DomainError as exc:  # dead, restarting, queue full: the client gets an answer, not a hang-up
+                refusal = (type(exc).__name__, exc.message)
+        if refusal is not None:
+            error = {"name": refusal[0], "value": refusal[1], "traceback": []}
+            for m in replies.finish(json.dumps({"status": "error", "error": error})):
                 await self.send(m)
             return
-        ex = self.manager.submit(self.session, code, None)
         self._spawn(self._relay(ex, replies))
 
     async def _relay(self, ex: Execution, replies: CellReplies) -> None:

@@ -16,10 +16,13 @@ import binascii
 import io
 import json
 import math
+import threading
 from typing import Any
 
 # A PNG of more pixels than this is not decoded (a small file can inflate to gigabytes): it is replaced by a note.
-MAX_DECODE_PIXELS = 40_000_000
+MAX_DECODE_PIXELS = 25_000_000
+# Images decoded at once in the whole process: each may take 100 MB (25 Mpx RGBA) while it is re-encoded.
+_DECODING = threading.BoundedSemaphore(2)
 # Tries at re-encoding an image before giving up on it.
 _IMAGE_TRIES = 6
 _IMAGE_MIMES = ("image/png",)
@@ -81,7 +84,31 @@ def fit(message: dict[str, Any], limit: int) -> dict[str, Any]:
                 del bundle[mime]
                 _note(bundle, f"[{mime} output left out: larger than {limit} bytes]")
     _cut_strings(out, limit)
+    if size(out) > limit:
+        _last_resort(out, limit)
     return out
+
+
+def _last_resort(message: dict[str, Any], limit: int) -> None:
+    """Content made of too many pieces to cut one by one (a traceback of 100 000 lines): keep what fits of the
+    lists, else only a marker. The message itself always goes out, so the client sees why."""
+    content = message["content"]
+    note = marker(limit)
+    for name, value in list(content.items()):
+        if isinstance(value, list) and value:
+            keep = len(value)
+            while keep > 0 and size(message) > limit:
+                keep //= 2
+                content[name] = [*value[:keep], note]
+    if size(message) > limit:
+        kind = message.get("msg_type")
+        if kind == "error":
+            message["content"] = {"ename": str(content.get("ename", ""))[:200], "evalue": note, "traceback": [note]}
+        elif kind == "stream":
+            message["content"] = {"name": content.get("name", "stdout"), "text": note}
+        else:
+            message["content"] = {k: v for k, v in content.items() if k in ("execution_count",)}
+            message["content"].update(data={"text/plain": note}, metadata={})
 
 
 def _note(bundle: dict[str, Any], note: str) -> None:
@@ -93,7 +120,10 @@ def _shrink_image(message: dict[str, Any], bundle: dict[str, Any], mime: str, li
     original = bundle[mime]
     bundle[mime] = ""
     room = limit - size(message) - 16  # what the base64 text of the image may take
-    shrunk = reencode_png(original, room * 3 // 4) if room > 0 else None
+    shrunk = None
+    if room > 0:
+        with _DECODING:
+            shrunk = reencode_png(original, room * 3 // 4)
     if shrunk is None:
         del bundle[mime]
         _note(bundle, f"[{mime} output left out: larger than {limit} bytes and could not be made smaller]")
