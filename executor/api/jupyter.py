@@ -248,7 +248,7 @@ async def restart_kernel(kernel_id: KernelId, request: Request, principal: Calle
     return kernel_model(session, _face(request))
 
 
-class SessionCreate(BaseModel):
+class JupyterSessionCreate(BaseModel):
     """Jupyter's session body: a path, and a kernel by ``name`` (a new one) or ``id`` (one of yours)."""
 
     model_config = ConfigDict(extra="ignore")
@@ -259,7 +259,7 @@ class SessionCreate(BaseModel):
 
 
 @router.get("/api/sessions")
-async def list_sessions(request: Request, principal: Caller) -> list[dict[str, Any]]:
+async def list_jupyter_sessions(request: Request, principal: Caller) -> list[dict[str, Any]]:
     face, manager = _face(request), _manager(request)
     face.forget_gone(manager)
     return [
@@ -270,7 +270,7 @@ async def list_sessions(request: Request, principal: Caller) -> list[dict[str, A
 
 
 @router.post("/api/sessions", status_code=201)
-async def create_session(request: Request, principal: Caller, body: SessionCreate) -> dict[str, Any]:
+async def create_jupyter_session(request: Request, principal: Caller, body: JupyterSessionCreate) -> dict[str, Any]:
     """Bind a path to a kernel: the one named by ``kernel.id`` (yours), else a new one."""
     face, manager = _face(request), _manager(request)
     face.forget_gone(manager)
@@ -296,7 +296,7 @@ def _own_session(request: Request, principal: Principal, session_id: str) -> Jup
 
 
 @router.get("/api/sessions/{session_id}")
-async def get_session(
+async def get_jupyter_session(
     session_id: Annotated[str, Path(max_length=64)], request: Request, principal: Caller
 ) -> dict[str, Any]:
     js = _own_session(request, principal, session_id)
@@ -304,7 +304,7 @@ async def get_session(
 
 
 @router.delete("/api/sessions/{session_id}", status_code=204)
-async def delete_session(
+async def delete_jupyter_session(
     session_id: Annotated[str, Path(max_length=64)], request: Request, principal: Caller
 ) -> Response:
     """End the session and its kernel, as Jupyter Server does."""
