@@ -48,6 +48,8 @@ import websockets
 
 # websockets' default max_size, which Open WebUI does not change.
 WS_MAX_SIZE = 2**20
+# aiohttp.ClientSession's default ClientTimeout(total=300), which Open WebUI does not change either.
+AIOHTTP_DEFAULT_TIMEOUT_S = 300
 
 
 @dataclass
@@ -68,7 +70,8 @@ async def execute_code_jupyter(base_url: str, code: str, token: str = "", timeou
         base_url += "/"
     out = OwuiResult()
     params: dict[str, str] = {"token": token} if token else {}
-    async with httpx.AsyncClient(base_url=base_url, timeout=timeout) as http:
+    # aiohttp's default timeout (300 s in all), not the cell's: Open WebUI's ``timeout`` is only the websocket's.
+    async with httpx.AsyncClient(base_url=base_url, timeout=AIOHTTP_DEFAULT_TIMEOUT_S) as http:
         try:
             try:
                 r = await http.post("api/kernels", params=params)
