@@ -217,6 +217,15 @@ async def test_a_5_mb_image_arrives_under_1_mib(service: Service) -> None:
         assert image.width < 1300
 
 
+async def test_a_flood_of_text_arrives_split_and_says_it_was_cut(service: Service) -> None:
+    out = await execute_code_jupyter(service.url, "print('x' * 3_000_000)", token=KEY_A, timeout=30)
+    cap = service.settings.max_stream_bytes
+    assert not out.stderr.startswith("Error"), out.stderr[:300]
+    assert set(out.stdout) == {"x"} and cap // 2 < len(out.stdout) <= cap
+    assert "truncated" in out.stderr  # the cut is said, on stderr, as the cell's own output
+    assert all(len(json.dumps(m).encode()) <= WS_MAX_SIZE for m in out.messages)
+
+
 async def test_kernel_info_and_stdin_over_the_websocket(service: Service, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="uvicorn.error")
     async with service.client() as c:

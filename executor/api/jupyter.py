@@ -393,21 +393,24 @@ class _Channels:
                     await self.ws.close()
                     return
         finally:
-            for task in self.tasks:
+            tasks = list(self.tasks)
+            for task in tasks:
                 task.cancel()
-            await asyncio.gather(*self.tasks, return_exceptions=True)
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     async def send(self, msg: dict[str, Any]) -> None:
         """Send a message, made to fit the limit first (stream text split, other outputs shrunk or cut)."""
-        parts = [msg]
-        if fit.size(msg) > self.limit:
+        text = fit.encode(msg)
+        # Encoded once; a text of at most limit/4 characters is under the limit in UTF-8 whatever it holds.
+        texts = [text]
+        if len(text) > self.limit // 4 and len(text.encode()) > self.limit:
             if msg.get("msg_type") == "stream":
-                parts = fit.split_stream(msg, self.limit)
+                texts = [fit.encode(part) for part in fit.split_stream(msg, self.limit)]
             else:
-                parts = [await asyncio.to_thread(fit.fit, msg, self.limit)]
+                texts = [fit.encode(await asyncio.to_thread(fit.fit, msg, self.limit))]
         async with self.lock:
-            for part in parts:
-                await self.ws.send_text(fit.encode(part))
+            for part in texts:
+                await self.ws.send_text(part)
 
     def _reply(self, parent: dict[str, Any], channel: str, msg_type: str, content: dict[str, Any]) -> dict[str, Any]:
         return message(channel, msg_type, content, parent, self.kernel_session)
