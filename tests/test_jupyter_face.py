@@ -155,6 +155,16 @@ async def test_open_webui_sees_the_traceback(service: Service) -> None:
     assert out.result == ""
 
 
+async def test_a_matplotlib_plot_is_a_png_data_url(service: Service) -> None:
+    code = "import matplotlib.pyplot as plt\nplt.plot([1, 3, 2])\nplt.show()"
+    out = await execute_code_jupyter(service.url, code, token=KEY_A, timeout=60)
+    assert out.result.startswith("data:image/png;base64,"), out
+    with Image.open(io.BytesIO(base64.b64decode(out.result.split(",", 1)[1]))) as image:
+        assert image.format == "PNG"
+    shown = next(m for m in out.messages if m["msg_type"] == "display_data")
+    assert shown["content"]["data"]["text/plain"].startswith("<Figure")
+
+
 async def test_wrong_token_is_403_and_nothing_runs(service: Service) -> None:
     out = await execute_code_jupyter(service.url, "print('no')", token="not-a-key-at-all", timeout=10)
     assert "403" in out.stderr and out.kernel_id == ""
