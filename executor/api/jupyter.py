@@ -363,6 +363,16 @@ async def channels(websocket: WebSocket, kernel_id: str) -> None:
             del face.connections[session.id]
 
 
+# Work a connection started that must finish even if it closes first (a cancel, a restart): held here till done.
+_DETACHED: set[asyncio.Task[Any]] = set()
+
+
+def _detach(work: Any) -> None:
+    task: asyncio.Task[Any] = asyncio.ensure_future(work)
+    _DETACHED.add(task)
+    task.add_done_callback(_DETACHED.discard)
+
+
 class _Channels:
     """One websocket: requests in, replies and iopub messages out (one relay task per cell)."""
 
@@ -435,13 +445,13 @@ class _Channels:
         elif msg_type == "interrupt_request":
             current = self.session.current
             if current is not None:
-                self._spawn(self.manager.cancel(self.session, current))
+                _detach(self.manager.cancel(self.session, current))
             await self.send(self._reply(header, channel, "interrupt_reply", {"status": "ok"}))
         elif msg_type == "shutdown_request":
             restart = bool(content.get("restart"))
             await self.send(self._reply(header, channel, "shutdown_reply", {"status": "ok", "restart": restart}))
             if restart:
-                self._spawn(self._restart())
+                _detach(self._restart())
             else:
                 await self.manager.end(self.session, "closed", "shut down by its Jupyter client")
                 return False
@@ -465,6 +475,7 @@ class _Channels:
             log.info("kernel %s: restart asked over the websocket failed: %s", self.session.id, exc.message)
 
     def _spawn(self, work: Any) -> None:
+        """A relay of this connection: cancelled when it closes."""
         task: asyncio.Task[None] = asyncio.ensure_future(work)
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
