@@ -113,6 +113,16 @@ def test_cell_replies_follow_the_jupyter_order() -> None:
     assert sent[-2]["content"]["status"] == "error"
 
 
+def test_display_updates_name_the_display_they_replace() -> None:
+    replies = CellReplies(parent={"msg_id": "r"}, session="s", code="x", execution_count=1)
+    out = {"type": "text", "mime_type": "text/plain", "data": "1", "text": "1"}
+    first = replies.on_event(LogEvent(0, "output", {"index": 0, "update": False, "output": out}))[-1]
+    again = replies.on_event(LogEvent(1, "output", {"index": 0, "update": True, "output": {**out, "data": "2"}}))
+    assert first["msg_type"] == "display_data" and again[0]["msg_type"] == "update_display_data"
+    assert first["content"]["transient"] == again[0]["content"]["transient"] == {"display_id": "r-0"}
+    assert again[0]["content"]["data"] == {"text/plain": "2"}
+
+
 def test_a_timeout_is_reported_as_an_error_message() -> None:
     replies = CellReplies(parent={"msg_id": "r"}, session="s", code="x", execution_count=1)
     done = {"status": "timeout", "error": {"name": "TimeoutError", "value": "the cell timed out"}, "truncated": True}

@@ -130,7 +130,11 @@ class CellReplies:
         elif name == "output":
             self._busy()
             kind = "update_display_data" if payload.get("update") else "display_data"
-            content = {"data": _bundle(payload.get("output"), None), "metadata": {}, "transient": {}}
+            # The service names outputs by their place in the cell's result (an update names the one it
+            # replaces): that place, scoped by the request, is the display_id a client matches updates with.
+            display_id = f"{self.parent.get('msg_id', '')}-{payload.get('index')}"
+            transient = {"display_id": display_id}
+            content = {"data": _bundle(payload.get("output"), None), "metadata": {}, "transient": transient}
             self._iopub(kind, content)
         elif name == "error":
             self._busy()
