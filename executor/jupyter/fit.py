@@ -48,10 +48,10 @@ def split_stream(message: dict[str, Any], limit: int) -> list[dict[str, Any]]:
     if size(message) <= limit or not isinstance(text, str) or not text:
         return [message]
     empty = {**message, "content": {**message["content"], "text": ""}}
-    # JSON escaping can grow a character to 6 bytes (\u001f) and UTF-8 to 4: chunk for the worst case, then
-    # check each chunk and halve any that is still over (rare: only text made of control characters).
+    # Chunks of as many characters as the room has bytes (right for plain ASCII); one that JSON escapes (up to 6
+    # bytes for \u001f) or UTF-8 (up to 4) make too big is halved until it fits.
     room = max(limit - size(empty), 64)
-    pending = [text[i : i + max(room // 6, 1)] for i in range(0, len(text), max(room // 6, 1))]
+    pending = [text[i : i + room] for i in range(0, len(text), room)]
     parts: list[dict[str, Any]] = []
     while pending:
         chunk = pending.pop(0)
