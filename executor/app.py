@@ -14,6 +14,7 @@ from executor.accesslog import AccessLogMiddleware, redact_websocket_queries
 from executor.api import access, docs, health, jupyter, sessions, tool_calls, tool_servers, tools
 from executor.api import egress as egress_api
 from executor.egress.service import EgressService
+from executor.jupyter.face import JupyterFace
 from executor.openapi.service import ToolServerService
 from executor.sessions import SessionManager
 from executor.settings import Settings
@@ -175,6 +176,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(tool_calls.face)
     app.include_router(access.router)
     # Jupyter clients build every path from a base URL they are given: the root, or this prefix.
-    app.state.jupyter = jupyter.JupyterFace()
+    app.state.jupyter = JupyterFace()
     app.include_router(jupyter.router, prefix=settings.jupyter_prefix)
     return app
