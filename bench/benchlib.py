@@ -394,37 +394,7 @@ class JupyterPeer:
 
     async def run(self, c: httpx.AsyncClient, code: str) -> tuple[float, dict[str, Any]]:
         """One chat-backend run; seconds for the whole of it, and what came back (stdout, image)."""
-        import websockets
-
-        t = time.perf_counter()
-        r = await c.post("/api/kernels", json={"name": "python3"})
-        r.raise_for_status()
-        kid = r.json()["id"]
-        out: dict[str, Any] = {"stdout": "", "image": False}
-        try:
-            ws_url = f"ws://127.0.0.1:{self.port}/api/kernels/{kid}/channels"
-            headers = {"Authorization": f"token {self.token}"}
-            async with websockets.connect(ws_url, additional_headers=headers, max_size=None) as ws:
-                msg_id = uuid.uuid4().hex
-                await ws.send(json.dumps(execute_request(msg_id, code)))
-                idle = reply = False
-                while not (idle and reply):
-                    msg = json.loads(await asyncio.wait_for(ws.recv(), 120))
-                    if msg.get("parent_header", {}).get("msg_id") != msg_id:
-                        continue
-                    kind = msg.get("msg_type") or msg["header"]["msg_type"]
-                    content = msg.get("content", {})
-                    if kind == "execute_reply":
-                        reply = True
-                    elif kind == "status" and content.get("execution_state") == "idle":
-                        idle = True
-                    elif kind == "stream":
-                        out["stdout"] += content.get("text", "")
-                    elif kind in ("display_data", "execute_result") and "image/png" in content.get("data", {}):
-                        out["image"] = True
-        finally:
-            await c.delete(f"/api/kernels/{kid}")
-        return time.perf_counter() - t, out
+        return await jupyter_run(c, f"ws://127.0.0.1:{self.port}", {"Authorization": f"token {self.token}"}, code)
 
     async def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:
@@ -435,6 +405,43 @@ class JupyterPeer:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             await asyncio.to_thread(self.proc.wait, 10)
+
+
+async def jupyter_run(
+    c: httpx.AsyncClient, ws_base: str, headers: dict[str, str], code: str
+) -> tuple[float, dict[str, Any]]:
+    """One chat-backend run against a Jupyter server (``c``'s base URL, websocket at ``ws_base``):
+    ``POST /api/kernels``, execute over the kernel's websocket until the reply and idle, ``DELETE``."""
+    import websockets
+
+    t = time.perf_counter()
+    r = await c.post("/api/kernels", json={"name": "python3"})
+    r.raise_for_status()
+    kid = r.json()["id"]
+    out: dict[str, Any] = {"stdout": "", "image": False}
+    try:
+        ws_url = f"{ws_base}/api/kernels/{kid}/channels"
+        async with websockets.connect(ws_url, additional_headers=headers, max_size=None) as ws:
+            msg_id = uuid.uuid4().hex
+            await ws.send(json.dumps(execute_request(msg_id, code)))
+            idle = reply = False
+            while not (idle and reply):
+                msg = json.loads(await asyncio.wait_for(ws.recv(), 120))
+                if msg.get("parent_header", {}).get("msg_id") != msg_id:
+                    continue
+                kind = msg.get("msg_type") or msg["header"]["msg_type"]
+                content = msg.get("content", {})
+                if kind == "execute_reply":
+                    reply = True
+                elif kind == "status" and content.get("execution_state") == "idle":
+                    idle = True
+                elif kind == "stream":
+                    out["stdout"] += content.get("text", "")
+                elif kind in ("display_data", "execute_result") and "image/png" in content.get("data", {}):
+                    out["image"] = True
+    finally:
+        await c.delete(f"/api/kernels/{kid}")
+    return time.perf_counter() - t, out
 
 
 def execute_request(msg_id: str, code: str) -> dict[str, Any]:

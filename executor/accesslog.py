@@ -92,3 +92,21 @@ class AccessLogMiddleware:
                     "principal": who,
                 },
             )
+
+
+class RedactWebsocketQuery(logging.Filter):
+    """uvicorn logs every websocket handshake (``"WebSocket /path?query" [accepted]``) with its query string, and
+    Jupyter clients put their token there (``?token=<key>``): the path is kept, the query is cut."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(record.msg, str) and '"WebSocket %s"' in record.msg and isinstance(args, tuple):
+            record.args = tuple(a.split("?", 1)[0] if isinstance(a, str) and "?" in a else a for a in args)
+        return True
+
+
+def redact_websocket_queries() -> None:
+    """Install :class:`RedactWebsocketQuery` on uvicorn's logger (once)."""
+    logger = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, RedactWebsocketQuery) for f in logger.filters):
+        logger.addFilter(RedactWebsocketQuery())

@@ -10,10 +10,11 @@ from fastapi import FastAPI
 
 from executor import errors
 from executor.access.service import Access
-from executor.accesslog import AccessLogMiddleware
-from executor.api import access, docs, health, sessions, tool_calls, tool_servers, tools
+from executor.accesslog import AccessLogMiddleware, redact_websocket_queries
+from executor.api import access, docs, health, jupyter, sessions, tool_calls, tool_servers, tools
 from executor.api import egress as egress_api
 from executor.egress.service import EgressService
+from executor.jupyter.face import JupyterFace
 from executor.openapi.service import ToolServerService
 from executor.sessions import SessionManager
 from executor.settings import Settings
@@ -162,6 +163,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.add_middleware(AccessLogMiddleware)
+    # Jupyter clients send their key as ?token= on the websocket, which uvicorn would log in full.
+    redact_websocket_queries()
     docs.install(app)
     errors.install(app)
     app.include_router(health.router)
@@ -172,4 +175,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(tool_calls.router)
     app.include_router(tool_calls.face)
     app.include_router(access.router)
+    # Jupyter clients build every path from a base URL they are given: the root, or this prefix.
+    app.state.jupyter = JupyterFace()
+    app.include_router(jupyter.router, prefix=settings.jupyter_prefix)
     return app

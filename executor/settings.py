@@ -240,6 +240,19 @@ class Settings(BaseSettings):
     egress_connection_timeout_s: float = Field(300, gt=0, description="Longest life of one proxied connection.")
     egress_idle_timeout_s: float = Field(60, gt=0, description="A proxied connection silent this long is cut.")
 
+    # The Jupyter face (executor/api/jupyter.py): what Open WebUI's CODE_EXECUTION_ENGINE=jupyter talks to.
+    jupyter_prefix: str = Field(
+        "",
+        description="Path the Jupyter-Server routes are served under (e.g. /jupyter, then Open WebUI's "
+        "CODE_EXECUTION_JUPYTER_URL is http://host:8000/jupyter); empty: at the root (/api/kernels...).",
+    )
+    jupyter_max_message_bytes: int = Field(
+        (1 << 20) - (4 << 10),
+        ge=16 << 10,
+        description="Largest websocket message the Jupyter face sends; bigger outputs are made to fit (a PNG "
+        "re-encoded smaller, text cut with a marker, streams split). Open WebUI's client refuses over 1 MiB.",
+    )
+
     @field_validator(
         "api_keys",
         "admin_api_keys",
@@ -256,6 +269,15 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [k.strip() for k in value.split(",") if k.strip()]
         return value
+
+    @field_validator("jupyter_prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        # "/jupyter/" and "jupyter" mean "/jupyter": a router prefix starts with "/" and does not end with one.
+        value = value.strip().strip("/")
+        if any(c in value for c in "?#") or "//" in value:
+            raise ValueError("EXECUTOR_JUPYTER_PREFIX must be a plain path such as /jupyter")
+        return f"/{value}" if value else ""
 
     @model_validator(mode="after")
     def _check(self) -> Settings:

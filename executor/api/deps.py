@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from starlette.requests import HTTPConnection
 
 from executor.access.principal import Principal
 from executor.access.service import Access
@@ -34,16 +35,22 @@ def _credentials(bearer: HTTPAuthorizationCredentials | None, api_key: str | Non
     return api_key or token, session_token
 
 
-async def require_principal(request: Request, bearer: Bearer, api_key: ApiKey) -> Principal:
-    """Authenticate the request (401 when the key is missing, wrong or revoked, or a token is bad)."""
-    access: Access = request.app.state.access
-    presented, session_token = _credentials(bearer, api_key)
+async def authenticate(conn: HTTPConnection, presented: str | None, session_token: str | None) -> Principal:
+    """The principal of a request or websocket presenting this key (Unauthenticated when it is missing, wrong
+    or revoked, or a token is bad). Every face checks keys through here, whatever header carries them."""
+    access: Access = conn.app.state.access
     key = await access.key(presented)
     if key is not None:
-        request.state.key_id = key.id  # so a refusal after this point is audited against the key
-    principal = access.principal(key, request.headers, session_token)
-    request.state.principal = principal
+        conn.state.key_id = key.id  # so a refusal after this point is audited against the key
+    principal = access.principal(key, conn.headers, session_token)
+    conn.state.principal = principal
     return principal
+
+
+async def require_principal(request: Request, bearer: Bearer, api_key: ApiKey) -> Principal:
+    """Authenticate the request (401 when the key is missing, wrong or revoked, or a token is bad)."""
+    presented, session_token = _credentials(bearer, api_key)
+    return await authenticate(request, presented, session_token)
 
 
 CurrentPrincipal = Annotated[Principal, Depends(require_principal)]
