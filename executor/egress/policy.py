@@ -210,15 +210,20 @@ class Decision:
         }
 
 
-async def system_resolve(host: str, port: int) -> Sequence[str]:
-    """The system resolver's TCP addresses for ``host``, deduplicated, in its order (scope ids dropped)."""
-    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
+def _tcp_addresses(infos: Sequence[tuple[Any, ...]]) -> list[str]:
+    """getaddrinfo's answers as addresses, deduplicated, in its order (scope ids dropped)."""
     out: list[str] = []
     for info in infos:
         address = str(info[4][0]).split("%")[0]
         if address not in out:
             out.append(address)
     return out
+
+
+async def system_resolve(host: str, port: int) -> Sequence[str]:
+    """The system resolver's TCP addresses for ``host``, deduplicated, in its order (scope ids dropped)."""
+    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
+    return _tcp_addresses(infos)
 
 
 class BoundedResolver:
@@ -242,12 +247,7 @@ class BoundedResolver:
                 infos = await loop.run_in_executor(self._pool, lookup)
         except TimeoutError:
             raise OSError(f"no answer within {self.timeout_s:g} s") from None
-        out: list[str] = []
-        for info in infos:
-            address = str(info[4][0]).split("%")[0]
-            if address not in out:
-                out.append(address)
-        return out
+        return _tcp_addresses(infos)
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
