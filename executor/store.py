@@ -53,11 +53,14 @@ class SessionRow(Base):
     # its session with these, and a restart after a crash finds the files of the sessions that were live.
     sandbox_id: Mapped[str | None] = mapped_column(String(64), nullable=True, default=None)
     ref: Mapped[str | None] = mapped_column(String(128), nullable=True, default=None)
+    # The service instance (host and data dir) that created it: a replica that restarts lists only its own
+    # sessions of a non-shared backend as dead, not those of the other replicas sharing this database.
+    replica: Mapped[str | None] = mapped_column(String(200), nullable=True, default=None)
 
 
 # Columns added after the first release: added to an existing table at start (``Store.create_all``).
 _ADDED_COLUMNS = {
-    "sessions": {"sandbox_id": "VARCHAR(64)", "ref": "VARCHAR(128)"},
+    "sessions": {"sandbox_id": "VARCHAR(64)", "ref": "VARCHAR(128)", "replica": "VARCHAR(200)"},
     "api_keys": {"may_create_tools": "BOOLEAN"},
 }
 
@@ -131,6 +134,28 @@ class Store:
         async with self.sessionmaker() as db:
             rows = await db.scalars(select(SessionRow).where(SessionRow.owner == owner).order_by(SessionRow.created_at))
             return list(rows)
+
+    async def live_sessions_of_key(self, key_id: str, now: datetime) -> list[tuple[str, str]]:
+        """``(id, owner)`` of the sessions recorded live and not yet expired whose owner is the key ``key_id`` or
+        one of its end users: what every replica sharing this database counts against the key's quotas."""
+        async with self.sessionmaker() as db:
+            rows = await db.execute(
+                select(SessionRow.id, SessionRow.owner).where(
+                    SessionRow.status.in_(LIVE_STATUSES),
+                    SessionRow.expires_at > now,
+                    or_(SessionRow.owner == key_id, SessionRow.owner.startswith(f"{key_id}/", autoescape=True)),
+                )
+            )
+            return [(row.id, row.owner) for row in rows]
+
+    async def touch_session(self, session_id: str, expires_at: datetime) -> None:
+        """Move a live session's expiry (activity another replica must see before it culls the session)."""
+        async with self.sessionmaker() as db, db.begin():
+            await db.execute(
+                update(SessionRow)
+                .where(SessionRow.id == session_id, SessionRow.status.in_(LIVE_STATUSES))
+                .values(expires_at=expires_at)
+            )
 
     async def get_execution(self, execution_id: str) -> ExecutionRow | None:
         async with self.sessionmaker() as db:

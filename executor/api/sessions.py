@@ -134,7 +134,7 @@ async def execute(
 ) -> Response:
     """Run a cell. Cells of one session run one at a time, in submission order. With
     ``Accept: text/event-stream`` the answer is the event stream itself: the first output one round trip away."""
-    session = manager.get(principal.id, session_id)
+    session = await manager.find(principal.id, session_id)
     ex = manager.submit(session, body.code, body.timeout_s)
     if _wants_events(request):
         return _event_stream(ex, None)
@@ -210,7 +210,7 @@ async def cancel_execution(
 ) -> Response:
     """Interrupt a running cell or drop a queued one; it ends ``cancelled`` and the session stays usable. A cell
     that ignores interrupts for ``EXECUTOR_CANCEL_GRACE_S`` is killed: ``cancelled``, and the session dead."""
-    session = manager.get(principal.id, session_id)
+    session = await manager.find(principal.id, session_id)
     ex = await _execution(manager, principal.id, session_id, execution_id)
     await manager.cancel(session, ex)
     return _json(ex.answer_json())
@@ -243,7 +243,7 @@ def _file_error(raw: str, exc: Exception) -> DomainError | ApiError:
 @router.get("/sessions/{session_id}/files", response_model=list[FileEntry])
 async def list_files(session_id: SessionId, principal: CurrentPrincipal, manager: Manager) -> list[FileEntry]:
     """Regular files in the work dir (symlinks are not followed)."""
-    session = manager.get(principal.id, session_id)
+    session = await manager.find(principal.id, session_id)
     entries = await asyncio.to_thread(workfiles.scan, manager.workdir(session))
     return [
         FileEntry(
@@ -264,7 +264,7 @@ async def upload_file(
     session_id: SessionId, path: str, request: Request, principal: CurrentPrincipal, manager: Manager
 ) -> FileEntry:
     """Upload the raw request body as a file (parents are created)."""
-    session = manager.get(principal.id, session_id)
+    session = await manager.find(principal.id, session_id)
     rel = _clean(path)
     workdir = manager.workdir(session, write=True)
     limit = manager.settings.max_upload_mb * 1024 * 1024
@@ -290,7 +290,7 @@ async def upload_file(
 async def download_file(
     session_id: SessionId, path: str, principal: CurrentPrincipal, manager: Manager
 ) -> StreamingResponse:
-    session = manager.get(principal.id, session_id)
+    session = await manager.find(principal.id, session_id)
     rel = _clean(path)
     try:
         fd, size = await asyncio.to_thread(workfiles.open_read, manager.workdir(session), rel)
@@ -309,7 +309,7 @@ async def download_file(
 
 @router.delete("/sessions/{session_id}/files/{path:path}", status_code=204)
 async def delete_file(session_id: SessionId, path: str, principal: CurrentPrincipal, manager: Manager) -> Response:
-    session = manager.get(principal.id, session_id)
+    session = await manager.find(principal.id, session_id)
     rel = _clean(path)
     try:
         await asyncio.to_thread(workfiles.delete, manager.workdir(session, write=True), rel)

@@ -13,6 +13,7 @@ import base64
 import builtins
 import contextlib
 import logging
+import socket
 import uuid
 from collections import OrderedDict
 from collections.abc import Collection, Iterable, Sequence
@@ -31,7 +32,7 @@ from executor.sessions.log import ExecutionLog
 from executor.sessions.persistence import Persistence
 from executor.settings import Settings
 from executor.store import SessionRow, Store
-from sandboxes.base import Backend, EndEvent, Limits, Sandbox, SandboxBusy, SandboxError
+from sandboxes.base import Backend, EndEvent, Limits, Sandbox, SandboxBusy, SandboxError, instance_id
 from sandboxes.pool import HostBusy, Pool, StartGate, StartQueueFull
 
 log = logging.getLogger(__name__)
@@ -237,6 +238,8 @@ class SessionManager:
         self._culler: asyncio.Task[None] | None = None
         self._started: list[str] = []  # backends started (and so to stop), in order
         self._keeps_files: dict[str, bool] = {}
+        self._adopting: dict[str, asyncio.Future[Session | None]] = {}
+        self.replica = f"{socket.gethostname()}:{instance_id(settings.data_dir.resolve())}"
 
     @property
     def log_budget(self) -> int:
@@ -248,7 +251,14 @@ class SessionManager:
     async def start(self) -> None:
         """Start the backends (keeping the work dirs of sessions an earlier run left live), list those sessions
         as dead, and start the idle culler. If this fails half-way, ``stop`` stops what did start."""
-        rows = await self.store.restorable_sessions(RESTARTED, _now())
+        # Sessions of a shared backend (kernels on a gateway) outlive any one replica: they stay live, and
+        # whichever replica is asked for one next attaches to its kernel (``find``).
+        # Nor are the sessions of another replica sharing the store this one's to report.
+        rows = [
+            row
+            for row in await self.store.restorable_sessions(RESTARTED, _now())
+            if not self._shared(row.backend) and row.replica in (None, self.replica)
+        ]
         keep: dict[str, list[str]] = {name: [] for name in self.backends}
         for row in rows:
             if row.sandbox_id and row.backend in keep:
@@ -358,12 +368,19 @@ class SessionManager:
     def _has_room(self) -> bool:
         return self._in_use() < self.settings.max_sessions
 
-    def _check_capacity(self, owner: str) -> None:
-        # The host's own bound is the pools' may_grow (asked before every start); these are the caller's.
-        # (a pooled hand-out still counts against the owner's own limits)
-        live = [s.owner for s in self.sessions.values() if s.status in ("idle", "busy")]
-        live += self._leases.values()
-        mine = live.count(owner) + self._starting.get(owner, 0)
+    async def _check_capacity(self, owner: str) -> None:
+        # The host's own bound is the pools' may_grow (asked before every start); these are the caller's, and
+        # count across every replica sharing the store: its live sessions are read from there, plus what only
+        # this process knows (sessions being created, tool sandboxes). A pooled hand-out counts too.
+        key = key_of(owner)
+        recorded = dict(await self.store.live_sessions_of_key(key, _now()))
+        for s in self.sessions.values():
+            if s.status in ("idle", "busy") and key_of(s.owner) == key:
+                recorded.setdefault(s.id, s.owner)
+        live = [*recorded.values(), *(o for o in self._leases.values() if key_of(o) == key)]
+        # ``_starting`` already counts this request (it is raised before the store is read, so two requests
+        # of one process waiting on the store see each other).
+        mine = live.count(owner) + self._starting.get(owner, 0) - 1
         if mine >= self.settings.max_sessions_per_principal:
             raise RateLimited(
                 "too_many_sessions",
@@ -371,9 +388,7 @@ class SessionManager:
                 "delete one or wait for one to expire",
                 retry_after_s=10,
             )  # fmt: skip
-        key = key_of(owner)
-        of_key = sum(1 for o in live if key_of(o) == key)
-        of_key += sum(n for o, n in self._starting.items() if key_of(o) == key)
+        of_key = len(live) + sum(n for o, n in self._starting.items() if key_of(o) == key) - 1
         if of_key >= self.settings.max_sessions_per_key:
             raise RateLimited(
                 "too_many_sessions_for_key",
@@ -393,9 +408,9 @@ class SessionManager:
     ) -> Sandbox:
         """The one place a session gets its sandbox: the caller's quotas, then the pool (pooled or a cold
         start through the start queue). A start that would miss the kernel start timeout is refused at once."""
-        self._check_capacity(owner)
         self._starting[owner] = self._starting.get(owner, 0) + 1
         try:
+            await self._check_capacity(owner)
             # Pooled sandboxes were made before their session existed; fresh ones carry its name.
             labels = {"executor.session": session_id, "executor.owner": owner}
             return await self.pools[name].acquire(
@@ -513,6 +528,7 @@ class SessionManager:
                 expires_at=session.expires_at,
                 sandbox_id=session.sandbox_id,
                 ref=session.ref,
+                replica=self.replica,
             )
         )
         return session
@@ -525,9 +541,81 @@ class SessionManager:
             raise NotFound("session_not_found", f"session {session_id!r} does not exist")
         return session
 
+    def _shared(self, backend: str) -> bool:
+        """Whether ``backend``'s sandboxes live outside this process, so other replicas may serve them."""
+        return bool(getattr(self.backends.get(backend), "shared", False))
+
+    async def find(self, owner: str | None, session_id: str) -> Session:
+        """``get``, also for a session of a shared backend that another replica created or last served: its row
+        in the store says whether it still lives, and its kernel is attached to here. NotFound as ``get``."""
+        session = self.sessions.get(session_id)
+        if session is None:
+            return await self._adopt(owner, session_id)
+        if self._shared(session.backend) and session.sandbox is not None and (owner is None or session.owner == owner):
+            await self._follow_store(session)
+        return self.get(owner, session_id)
+
+    async def _follow_store(self, session: Session) -> None:
+        """Take over what another replica recorded for a shared session: its end, or its death."""
+        row = await self.store.get_session(session.id)
+        if row is None:
+            await self.end(session, "closed", "removed from the store")
+        elif row.status == "closed" or row.status == "expired":
+            await self.end(session, "closed" if row.status == "closed" else "expired", row.reason or row.status)
+        elif row.status == "dead" and session.status != "dead":
+            session.status = "dead"
+            session.reason = row.reason
+
+    async def _adopt(self, owner: str | None, session_id: str) -> Session:
+        """A live session of a shared backend that this replica does not hold yet, attached to its kernel."""
+        pending = self._adopting.get(session_id)
+        if pending is None:
+            pending = asyncio.ensure_future(self._attach(session_id))
+            self._adopting[session_id] = pending
+            pending.add_done_callback(lambda _: self._adopting.pop(session_id, None))
+        session = await asyncio.shield(pending)
+        if session is None or (owner is not None and session.owner != owner):
+            raise NotFound("session_not_found", f"session {session_id!r} does not exist")
+        return session
+
+    async def _attach(self, session_id: str) -> Session | None:
+        row = await self.store.get_session(session_id)
+        if row is None or row.status not in ("idle", "busy") or not row.sandbox_id or not self._shared(row.backend):
+            return None
+        if _aware(row.expires_at) <= _now():
+            return None
+        if session_id in self.sessions:  # created or adopted meanwhile
+            return self.sessions[session_id]
+        try:
+            sandbox: Sandbox = await self.backends[row.backend].attach(row.sandbox_id)  # type: ignore[attr-defined]
+        except SandboxError as exc:
+            reason = f"its kernel could not be reached: {exc}"
+            log.warning("session %s: %s", session_id, reason)
+            await self.persist.set_status(session_id, "dead", reason)
+            raise Conflict("session_dead", f"the session is dead: {reason}; create a new one") from None
+        session = Session(
+            id=row.id,
+            owner=row.owner,
+            backend=row.backend,
+            limits=SessionLimits(**row.limits),
+            ttl_s=row.ttl_s,
+            sandbox=sandbox,
+            sandbox_id=row.sandbox_id,
+            ref=row.ref,
+            created_at=_aware(row.created_at),
+            last_active=_aware(row.expires_at) - timedelta(seconds=row.ttl_s),
+        )
+        self.sessions[session.id] = session
+        session.worker = asyncio.create_task(self._work(session))
+        log.info("session %s (created by another replica) attached to kernel %s", session.id, row.sandbox_id)
+        return session
+
     async def view(self, owner: str | None, session_id: str) -> SessionView:
         """A session in memory, or how an ended one ended (from the store)."""
         session = self.sessions.get(session_id)
+        if session is not None and self._shared(session.backend) and session.sandbox is not None:
+            await self._follow_store(session)
+            session = self.sessions.get(session_id)
         if session is not None and (owner is None or session.owner == owner):
             return session.view()
         row = await self.store.get_session(session_id)
@@ -573,7 +661,7 @@ class SessionManager:
 
     async def restart(self, owner: str, session_id: str) -> Session:
         """A fresh kernel for the session, its files kept; also how a dead session is brought back."""
-        session = self.get(owner, session_id)
+        session = await self.find(owner, session_id)
         if session.sandbox is None:
             raise Conflict(
                 "session_gone",
@@ -604,7 +692,7 @@ class SessionManager:
 
     async def delete(self, owner: str | None, session_id: str) -> None:
         """End a session; ``owner=None`` lets an admin end anyone's."""
-        session = self.get(owner, session_id)
+        session = await self.find(owner, session_id)
         await self.end(session, "closed", "deleted by its owner" if owner else "deleted by an admin")
 
     async def end(self, session: Session, status: SessionStatus, reason: str) -> None:
@@ -664,6 +752,8 @@ class SessionManager:
             now = _now()
             for session in list(self.sessions.values()):
                 if session.status != "busy" and session.queue.empty() and session.expires_at <= now:
+                    if self._shared(session.backend) and not await self._idle_everywhere(session, now):
+                        continue
                     if session.restored:
                         why = f"{RESTARTED}; its results and files were kept for {session.ttl_s} s"
                     else:
@@ -673,6 +763,19 @@ class SessionManager:
                         await self.end(session, "expired", why)
                     except Exception:
                         log.exception("culling session %s failed", session.id)
+
+    async def _idle_everywhere(self, session: Session, now: datetime) -> bool:
+        """Whether a shared session is idle on every replica: another one may have run cells in it since this
+        one did (its expiry in the store is then later), or ended it (then it is only dropped here)."""
+        try:
+            row = await self.store.get_session(session.id)
+        except Exception:
+            log.warning("could not read session %s before culling it", session.id, exc_info=True)
+            return False
+        if row is not None and row.status in ("idle", "busy") and _aware(row.expires_at) > now:
+            session.last_active = _aware(row.expires_at) - timedelta(seconds=session.ttl_s)
+            return False
+        return True
 
     # -- executions ------------------------------------------------------------------------------------
 
@@ -709,10 +812,15 @@ class SessionManager:
             one_shot=one_shot,
         )
         self._remember(session, ex)
-        session.last_active = _now()
+        self._touch(session)
         session.queue.put_nowait(ex)
         ex.publish("status", {"status": "queued"})
         return ex
+
+    def _touch(self, session: Session) -> None:
+        session.last_active = _now()
+        if self._shared(session.backend):
+            self.persist.touch_later(session.id, session.expires_at)
 
     @staticmethod
     def _remember(session: Session, ex: Execution) -> None:
@@ -811,7 +919,7 @@ class SessionManager:
                 self._finish(ex, EndEvent(status="dead", reason=f"internal error: {exc}"), "error")
             finally:
                 session.current = None
-                session.last_active = _now()
+                self._touch(session)
                 if session.status == "busy":
                     session.status = "idle"
 

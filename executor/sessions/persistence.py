@@ -89,6 +89,17 @@ class Persistence:
         """Record a status change beside the request path; ``close`` waits for it."""
         self.spawn(self.set_status(session_id, status, reason))
 
+    def touch_later(self, session_id: str, expires_at: datetime) -> None:
+        """Record a session's new expiry beside the request path (other replicas read it before culling)."""
+
+        async def touch() -> None:
+            try:
+                await self.store.touch_session(session_id, expires_at)
+            except Exception:
+                log.exception("could not record the activity of session %s", session_id)
+
+        self.spawn(touch())
+
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         """Run a write in the background; ``close`` waits for it, so nothing is lost on shutdown."""
         task = asyncio.create_task(coro)

@@ -1,0 +1,130 @@
+"""Replicas sharing one store: quotas count across them, a restart reports only its own sessions, and a session
+of a shared backend (kernels on a gateway) is served by whichever replica is asked. The fast tier runs two
+managers in one process on one SQLite file with fake sandboxes; the end-to-end test (two service processes, one
+real PostgreSQL, one gateway) is further down."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from executor.errors import NotFound, RateLimited
+from executor.sessions import NewSession
+from sandboxes.fake import FakeBackend, FakeSandbox
+from tests.test_manager import OWNER, Harness, _settings
+
+
+class SharedFake(FakeBackend):
+    """A fake whose sandboxes every replica reaches, as kernels on a gateway are."""
+
+    shared = True
+
+    def __init__(self, root: Path, gateway: dict[str, FakeSandbox]) -> None:
+        super().__init__(root)
+        self.live = gateway
+
+    async def attach(self, sandbox_id: str) -> FakeSandbox:
+        from sandboxes.base import SandboxError
+
+        sandbox = self.live.get(sandbox_id)
+        if sandbox is None:
+            raise SandboxError("the kernel is gone from the gateway")
+        return sandbox
+
+
+async def _pair(tmp_path: Path, shared: bool = False, **extra: object) -> tuple[Harness, Harness]:
+    gateway: dict[str, FakeSandbox] = {}
+    replicas = []
+    for n in (1, 2):
+        settings = _settings(tmp_path, **extra)
+        # One database, two instances (their own data dirs, as two hosts would have).
+        settings = settings.model_copy(
+            update={"database_url": f"sqlite+aiosqlite:///{tmp_path / 'shared.db'}", "data_dir": tmp_path / f"r{n}"}
+        )
+        h = Harness(tmp_path, settings, root=tmp_path / f"fake{n}")
+        if shared:
+            h.backend = SharedFake(tmp_path / f"fake{n}", gateway)
+            h.manager.backends["local"] = h.backend
+            h.manager.pools["local"].backend = h.backend
+        replicas.append(await h.start())
+    return replicas[0], replicas[1]
+
+
+async def test_quotas_count_every_replicas_sessions(tmp_path: Path) -> None:
+    a, b = await _pair(tmp_path, max_sessions_per_principal=2, max_sessions_per_key=3)
+    try:
+        await a.manager.create(OWNER, NewSession())
+        await b.manager.create(OWNER, NewSession())
+        for replica in (a, b):
+            with pytest.raises(RateLimited) as refused:
+                await replica.manager.create(OWNER, NewSession())
+            assert refused.value.code == "too_many_sessions"
+        await b.manager.create(f"{OWNER}/alice", NewSession())
+        with pytest.raises(RateLimited) as refused:
+            await a.manager.create(f"{OWNER}/bob", NewSession())
+        assert refused.value.code == "too_many_sessions_for_key"
+    finally:
+        await a.stop()
+        await b.stop()
+
+
+async def test_a_restarting_replica_reports_only_its_own_sessions_dead(tmp_path: Path) -> None:
+    a, b = await _pair(tmp_path)
+    try:
+        kept = await a.manager.create(OWNER, NewSession())
+        lost = await b.manager.create(OWNER, NewSession())
+        await b.crash()
+        b2 = await Harness(tmp_path, b.settings, root=b.root).start()
+        try:
+            assert (await b2.store.get_session(lost.id)).status == "dead"  # type: ignore[union-attr]
+            assert (await b2.store.get_session(kept.id)).status == "idle"  # type: ignore[union-attr]
+            assert a.manager.get(OWNER, kept.id).status == "idle"
+        finally:
+            await b2.stop()
+    finally:
+        await a.stop()
+
+
+async def test_a_shared_session_is_served_by_the_other_replica_and_ends_everywhere(tmp_path: Path) -> None:
+    a, b = await _pair(tmp_path, shared=True)
+    try:
+        session = await a.manager.create(OWNER, NewSession())
+        with pytest.raises(NotFound):
+            await b.manager.find("key-other", session.id)
+        on_b = await b.manager.find(OWNER, session.id)
+        ex = b.manager.submit(on_b, "print('from b')", None)
+        await ex.done.wait()
+        assert ex.snapshot().stdout == "from b\n"
+        # b's activity moved the expiry in the store: a does not cull a session b is using.
+        await b.manager.persist.close()
+        row = await a.store.get_session(session.id)
+        assert row is not None and row.expires_at.replace(tzinfo=None) >= session.expires_at.replace(tzinfo=None)
+        # A replica crashing does not end it (the fake gateway keeps the kernel), and an end on b is seen on a.
+        await b.manager.delete(OWNER, session.id)
+        with pytest.raises(NotFound):
+            await a.manager.find(OWNER, session.id)
+        with pytest.raises(NotFound):
+            await a.manager.view(OWNER, session.id)
+    finally:
+        await a.stop()
+        await b.stop()
+
+
+async def test_a_shared_session_whose_kernel_is_gone_is_dead_not_missing(tmp_path: Path) -> None:
+    from executor.errors import Conflict
+
+    a, b = await _pair(tmp_path, shared=True)
+    try:
+        session = await a.manager.create(OWNER, NewSession())
+        assert session.sandbox is not None
+        a.backend.live.pop(session.sandbox.id)  # the gateway culled it
+        with pytest.raises(Conflict) as dead:
+            await b.manager.find(OWNER, session.id)
+        assert "gone from the gateway" in dead.value.message
+        row = await b.store.get_session(session.id)
+        assert row is not None and row.status == "dead"
+    finally:
+        a.backend.live.clear()
+        await a.stop()
+        await b.stop()
