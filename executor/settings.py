@@ -166,6 +166,10 @@ class Settings(BaseSettings):
     tool_server_max_spec_nodes: int = Field(
         200_000, ge=100, description="Largest OpenAPI spec, in JSON nodes, parsed or after $ref expansion."
     )
+    rate_limit_store: Literal["memory", "database"] = Field(
+        "memory",
+        description="Where rate limits count: in each process, or in the database so replicas share one budget.",
+    )
     tool_server_rate_limit_per_connection: int = Field(
         300, ge=0, description="Tool-server calls per minute per connection (0: unlimited)."
     )

@@ -12,7 +12,25 @@ from collections.abc import Collection
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Connection, DateTime, String, Text, event, insert, inspect, or_, select, text, update
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Connection,
+    DateTime,
+    Integer,
+    String,
+    Text,
+    delete,
+    event,
+    insert,
+    inspect,
+    or_,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -74,6 +92,16 @@ class ExecutionRow(Base):
     status: Mapped[str] = mapped_column(String(16))
     result: Mapped[dict[str, Any]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class RateCountRow(Base):
+    """Calls per rate-limit key and clock minute, when replicas share their rate limits (``ratelimit.py``)."""
+
+    __tablename__ = "rate_counts"
+
+    bucket: Mapped[str] = mapped_column(String(300), primary_key=True)
+    window: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    count: Mapped[int] = mapped_column(Integer)
 
 
 LIVE_STATUSES = ("starting", "idle", "busy")
@@ -156,6 +184,23 @@ class Store:
                 .where(SessionRow.id == session_id, SessionRow.status.in_(LIVE_STATUSES))
                 .values(expires_at=expires_at)
             )
+
+    async def count_call(self, bucket: str, window: int, delta: int = 1) -> int:
+        """Add ``delta`` to the calls of ``bucket`` in minute ``window`` (one atomic upsert) and return the
+        count; windows older than the previous one are dropped now and then."""
+        dialect = self.engine.dialect.name
+        insert_of = pg_insert if dialect == "postgresql" else sqlite_insert
+        upsert = insert_of(RateCountRow).values(bucket=bucket, window=window, count=delta)
+        stmt = upsert.on_conflict_do_update(
+            index_elements=["bucket", "window"], set_={"count": RateCountRow.count + delta}
+        ).returning(RateCountRow.count)
+        async with self.engine.begin() as conn:
+            count = int((await conn.execute(stmt)).scalar_one())
+            if count == 1 and delta == 1:  # the first call of a window: clear the key's old ones
+                await conn.execute(
+                    delete(RateCountRow).where(RateCountRow.bucket == bucket, RateCountRow.window < window - 1)
+                )
+        return count
 
     async def get_execution(self, execution_id: str) -> ExecutionRow | None:
         async with self.sessionmaker() as db:

@@ -5,13 +5,19 @@ real PostgreSQL, one gateway) is further down."""
 
 from __future__ import annotations
 
+import secrets
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from executor.errors import NotFound, RateLimited
+from executor.openapi.ratelimit import SharedRateLimiter
 from executor.sessions import NewSession
+from executor.store import Store
 from sandboxes.fake import FakeBackend, FakeSandbox
+from tests.conftest import free_port
+from tests.postgres import Postgres, start_postgres
 from tests.test_manager import OWNER, Harness, _settings
 
 
@@ -128,3 +134,44 @@ async def test_a_shared_session_whose_kernel_is_gone_is_dead_not_missing(tmp_pat
         a.backend.live.clear()
         await a.stop()
         await b.stop()
+
+
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[Postgres]:
+    pg = start_postgres(free_port())
+    try:
+        yield pg
+    finally:
+        pg.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path / 'rates.db'}"
+    pg: Postgres = request.getfixturevalue("postgres")
+    return pg.url
+
+
+async def test_shared_rate_limits_count_every_replicas_calls(store_url: str) -> None:
+    stores = [Store(store_url), Store(store_url)]
+    await stores[0].create_all()
+    try:
+        clock = 1_000_000 * 60 + 30.0  # half-way through a minute
+        scope = f"t-{secrets.token_hex(4)}"
+        a, b = (SharedRateLimiter(s, scope, 3, clock=clock) for s in stores)
+        assert await a.take("alice") is None
+        assert await b.take("alice") is None
+        assert await a.take("alice") is None
+        for limiter in (a, b):
+            wait = await limiter.take("alice")
+            assert wait is not None and 0 < wait <= 30
+        assert await b.take("bob") is None, "another key has its own budget"
+        await a.refund("alice")
+        assert await b.take("alice") is None
+        # The next minute starts a new budget.
+        a.clock = b.clock = clock + 60
+        assert await b.take("alice") is None
+    finally:
+        for s in stores:
+            await s.close()

@@ -34,7 +34,7 @@ from executor.openapi.convert import Operation
 from executor.openapi.document import MAX_SPEC_DEPTH, SpecError, measure
 from executor.openapi.load import PreparedSpec, prepare_async
 from executor.openapi.models import Connection, ToolServerConfigRow, server_id
-from executor.openapi.ratelimit import RateLimiter, retry_after
+from executor.openapi.ratelimit import Limiter, RateLimiter, SharedRateLimiter, retry_after
 from executor.openapi.toollist import clean_spec, cut, is_allowed, unique_name
 from executor.settings import Settings
 from executor.store import Store
@@ -177,9 +177,14 @@ class ToolServerService:
         # Parsing a large YAML spec is seconds of CPU in a worker thread: a few at a time, so a burst of
         # verify calls cannot take every thread (and the GIL) from the rest of the service.
         self._parsing = asyncio.Semaphore(2)
-        self.principal_limiter = RateLimiter(settings.tool_server_rate_limit_per_principal)
-        self.key_limiter = RateLimiter(settings.tool_server_rate_limit_per_key)
-        self.connection_limiter = RateLimiter(settings.tool_server_rate_limit_per_connection)
+        self.principal_limiter = self._limiter("principal", settings.tool_server_rate_limit_per_principal)
+        self.key_limiter = self._limiter("key", settings.tool_server_rate_limit_per_key)
+        self.connection_limiter = self._limiter("connection", settings.tool_server_rate_limit_per_connection)
+
+    def _limiter(self, scope: str, per_minute: int) -> Limiter:
+        if self.settings.rate_limit_store == "database":
+            return SharedRateLimiter(self.store, f"tool-server-{scope}", per_minute)
+        return RateLimiter(per_minute)
 
     async def start(self) -> None:
         """Open the shared HTTP client and load the connections (saved ones win over the environment)."""
@@ -427,7 +432,7 @@ class ToolServerService:
 
     # -- calls -------------------------------------------------------------------------------------
 
-    def _rate_limit(self, sid: str, principal: Principal) -> None:
+    async def _rate_limit(self, sid: str, principal: Principal) -> None:
         """Per principal (one end user), per key (all its users) and per connection; a refusal refunds the rest."""
         limits = [
             (self.principal_limiter, principal.id, "you" if principal.end_user else "this API key"),
@@ -435,10 +440,10 @@ class ToolServerService:
             (self.connection_limiter, sid, f"tool server {sid!r}"),
         ]
         for n, (limiter, bucket, who) in enumerate(limits):
-            wait = limiter.take(bucket)
+            wait = await limiter.take(bucket)
             if wait is not None:
                 for earlier, earlier_bucket, _ in limits[:n]:
-                    earlier.refund(earlier_bucket)
+                    await earlier.refund(earlier_bucket)
                 seconds = retry_after(wait)
                 raise RateLimited(
                     "rate_limited", f"too many tool-server calls for {who}; retry in {seconds}s",
@@ -491,7 +496,7 @@ class ToolServerService:
             raise NotFound("operation_not_found", f"tool server {ident!r} has no operation {operation_id!r}")
         if not conn.url:
             raise Conflict("tool_server_without_url", f"tool server {ident!r} has no url to call", field="url")
-        self._rate_limit(ident, principal)
+        await self._rate_limit(ident, principal)
         ident_vars = {"USER_ID": principal.user_id, **(identity or {})}
         prepared = build_request(op, conn.url, arguments, self._headers(conn, token, ident_vars))
         assert self.client is not None, "ToolServerService.start() was not called"
