@@ -318,8 +318,14 @@ class SessionManager:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._culler
         await asyncio.gather(*(pool.close() for pool in self.pools.values()), return_exceptions=True)
+        # A shared backend's kernels outlive this replica (another one serves them next): let go of them here.
         await asyncio.gather(
-            *(self.end(s, "dead", "the service stopped") for s in list(self.sessions.values())),
+            *(
+                self._let_go(s)
+                if self._shared(s.backend) and s.sandbox is not None
+                else self.end(s, "dead", "the service stopped")
+                for s in list(self.sessions.values())
+            ),
             return_exceptions=True,
         )
         await self.persist.close()
@@ -731,6 +737,28 @@ class SessionManager:
                 self._finish(ex, EndEvent(status="dead", reason=f"the session ended: {reason}"), "cancelled")
         # Awaited, not in the background: once DELETE answers, a GET must find the session closed, not live.
         await self.persist.set_status(session.id, status, reason)
+
+    async def _let_go(self, session: Session) -> None:
+        """Stop serving a shared session in this process without ending it: its kernel and its record stay for
+        the other replicas; cells queued or running here end as the service stopped."""
+        self.sessions.pop(session.id, None)
+        running = session.current
+        if session.worker is not None:
+            session.worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await session.worker
+        pending = [running] if running else []
+        while not session.queue.empty():
+            pending.append(session.queue.get_nowait())
+        for ex in pending:
+            if not ex.finished:
+                self._finish(ex, EndEvent(status="dead", reason="this replica of the service stopped"), "cancelled")
+        detach = getattr(session.sandbox, "detach", None)
+        if detach is not None:
+            try:
+                await detach()
+            except Exception:
+                log.warning("letting go of the kernel of session %s failed", session.id, exc_info=True)
 
     async def _cull_loop(self) -> None:
         loop = asyncio.get_running_loop()
