@@ -163,6 +163,18 @@ class Store:
             rows = await db.scalars(select(SessionRow).where(SessionRow.owner == owner).order_by(SessionRow.created_at))
             return list(rows)
 
+    async def live_sessions_on(self, backends: Collection[str], owner: str | None, now: datetime) -> list[SessionRow]:
+        """Sessions recorded live and not yet expired on ``backends`` (the shared ones), of ``owner`` or all."""
+        if not backends:
+            return []
+        query = select(SessionRow).where(
+            SessionRow.backend.in_(list(backends)), SessionRow.status.in_(LIVE_STATUSES), SessionRow.expires_at > now
+        )
+        if owner is not None:
+            query = query.where(SessionRow.owner == owner)
+        async with self.sessionmaker() as db:
+            return list(await db.scalars(query.order_by(SessionRow.created_at)))
+
     async def live_sessions_of_key(self, key_id: str, now: datetime) -> list[tuple[str, str]]:
         """``(id, owner)`` of the sessions recorded live and not yet expired whose owner is the key ``key_id`` or
         one of its end users: what every replica sharing this database counts against the key's quotas."""

@@ -87,7 +87,7 @@ async def list_sessions(
     until their ttl, with their results and files readable."""
     if all and not principal.is_admin:
         raise Forbidden("admin_required", "all=true needs an admin key", field="all")
-    return [SessionInfo.of(v) for v in manager.list(None if all else principal.id)]
+    return [SessionInfo.of(v) for v in await manager.list_everywhere(None if all else principal.id)]
 
 
 @router.get("/sessions/{session_id}", response_model=SessionInfo)

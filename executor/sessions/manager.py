@@ -627,22 +627,20 @@ class SessionManager:
         row = await self.store.get_session(session_id)
         if row is None or (owner is not None and row.owner != owner) or row.status == "closed":
             raise NotFound("session_not_found", f"session {session_id!r} does not exist")
-        return SessionView(
-            id=row.id,
-            owner=row.owner,
-            backend=row.backend,
-            status=row.status,  # type: ignore[arg-type]  # the store holds only SessionStatus values
-            reason=row.reason,
-            created_at=row.created_at,
-            expires_at=row.expires_at,
-            limits=SessionLimits(**row.limits),
-            sandbox_id=row.sandbox_id,
-            ref=row.ref,
-        )
+        return _row_view(row)
 
     def list(self, owner: str | None) -> builtins.list[SessionView]:
         """The owner's sessions in memory (live, dead, restored); every owner's with ``owner=None`` (admins)."""
         return [s.view() for s in self.sessions.values() if owner is None or s.owner == owner]
+
+    async def list_everywhere(self, owner: str | None) -> builtins.list[SessionView]:
+        """``list``, and the live sessions of shared backends that other replicas hold (from the store)."""
+        views = self.list(owner)
+        shared = [name for name in self.backends if self._shared(name)]
+        for row in await self.store.live_sessions_on(shared, owner, _now()):
+            if row.id not in self.sessions:
+                views.append(_row_view(row))
+        return views
 
     def workdir(self, session: Session, *, write: bool = False) -> Path:
         """The session's work dir. Conflict for a session of an earlier run whose files are gone, and for
@@ -1128,6 +1126,21 @@ class SessionManager:
             )
         assert ex.result_json is not None
         return ex.result_json
+
+
+def _row_view(row: SessionRow) -> SessionView:
+    return SessionView(
+        id=row.id,
+        owner=row.owner,
+        backend=row.backend,
+        status=row.status,  # type: ignore[arg-type]  # the store holds only SessionStatus values
+        reason=row.reason,
+        created_at=row.created_at,
+        expires_at=row.expires_at,
+        limits=SessionLimits(**row.limits),
+        sandbox_id=row.sandbox_id,
+        ref=row.ref,
+    )
 
 
 async def _wait_done(ex: Execution, timeout: float) -> None:
