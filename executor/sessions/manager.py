@@ -79,11 +79,11 @@ class NewSession:
     egress: SandboxPolicy | None = None  # None: the service default
 
 
-@dataclass(frozen=True, slots=True)
 class _NoHostDir(Exception):
     """The sandbox has no work dir on this host (a remote kernel)."""
 
 
+@dataclass(frozen=True, slots=True)
 class SessionLimits:
     timeout_s: float
     memory_mb: int
