@@ -179,3 +179,18 @@ async def test_files_round_trip_through_kernel_code(backend: RemoteBackend, gate
     files, cut = await sandbox.list_files(1)
     assert cut
     await sandbox.close()
+
+
+def test_make_backend_builds_it_from_settings(tmp_path: Path) -> None:
+    from executor.app import make_backend
+    from executor.settings import Settings
+
+    s = Settings(_env_file=None, data_dir=tmp_path, backend="remote")  # type: ignore[call-arg]
+    with pytest.raises(SandboxError, match="EXECUTOR_REMOTE_URL"):
+        make_backend(s)
+    s = Settings(  # type: ignore[call-arg]
+        _env_file=None, data_dir=tmp_path, backend="remote", remote_url="http://gw:8888", remote_token="t0ken-xyz"
+    )
+    b = make_backend(s)
+    assert isinstance(b, RemoteBackend) and b.shared and b.config.token == "t0ken-xyz"
+    assert "t0ken" not in repr(s) and "t0ken" not in str(b.describe())
