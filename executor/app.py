@@ -32,6 +32,27 @@ def make_backend(settings: Settings, name: str | None = None) -> Backend:
     """The named sandbox backend (the default one if None). Raises SandboxError saying how to fix what is
     missing: bubblewrap for ``local``, the engine or the image for ``docker``."""
     name = name or settings.backend
+    if name == "remote":
+        from sandboxes.remote import RemoteBackend, RemoteConfig
+
+        if not settings.remote_url:
+            raise SandboxError("the remote backend needs the gateway's URL: set EXECUTOR_REMOTE_URL")
+        verify: bool | str = str(settings.remote_ca_file) if settings.remote_ca_file else settings.remote_verify_tls
+        return RemoteBackend(
+            RemoteConfig(
+                url=settings.remote_url,
+                token=settings.remote_token.get_secret_value() if settings.remote_token else None,
+                verify=verify,
+                kernel_name=settings.remote_kernel_name,
+                kernel_image=settings.remote_kernel_image,
+                kernel_namespace=settings.remote_kernel_namespace,
+                kernel_env=settings.remote_kernel_env,
+                launch_timeout_s=settings.remote_launch_timeout_s,
+                request_timeout_s=settings.remote_request_timeout_s,
+                max_message_bytes=settings.remote_max_message_mb << 20,
+                work_dir=settings.remote_work_dir,
+            )
+        )
     if name == "docker":
         from sandboxes.docker import DockerBackend, DockerConfig
 

@@ -48,14 +48,38 @@ class Settings(BaseSettings):
     )
     cache_dir: Path | None = Field(None, description="Caches shared by all sandboxes; default <data dir>/cache.")
     database_url: str | None = Field(None, description="SQLAlchemy async URL; default SQLite in the data dir.")
-    backend: Literal["local", "docker"] = Field("local", description="Sandbox backend for new sessions.")
-    allowed_backends: Annotated[list[Literal["local", "docker"]], NoDecode] = Field(
+    backend: Literal["local", "docker", "remote"] = Field("local", description="Sandbox backend for new sessions.")
+    allowed_backends: Annotated[list[Literal["local", "docker", "remote"]], NoDecode] = Field(
         default_factory=list,
         description="Backends a client may pick per session (comma-separated); the default backend always.",
     )
     pool_size: int = Field(2, ge=0, le=64, description="Sandboxes kept started per backend, ready to hand out.")
     docker_image: str = Field("executor-sandbox:latest", description="Sandbox image of the Docker backend.")
     docker_runtime: str | None = Field(None, description="OCI runtime for sandboxes, e.g. runsc (gVisor).")
+    remote_url: str | None = Field(
+        None, description="Base URL of the Jupyter Server / Kernel Gateway / Enterprise Gateway (backend remote)."
+    )
+    remote_token: SecretStr | None = Field(None, description="The gateway's token (Authorization: token T).")
+    remote_verify_tls: bool = Field(True, description="Verify the gateway's TLS certificate.")
+    remote_ca_file: Path | None = Field(None, description="CA bundle that signs the gateway's certificate.")
+    remote_kernel_name: str = Field("python3", description="Kernelspec of remote kernels.")
+    remote_kernel_image: str | None = Field(None, description="KERNEL_IMAGE of remote kernels (Enterprise Gateway).")
+    remote_kernel_namespace: str | None = Field(
+        None, description="KERNEL_NAMESPACE of remote kernels (Enterprise Gateway on Kubernetes)."
+    )
+    remote_kernel_env: dict[str, str] = Field(
+        default_factory=dict, description="Extra KERNEL_* variables of remote kernels (JSON object)."
+    )
+    remote_work_dir: str | None = Field(
+        None,
+        description="Give each remote kernel its own dir <this>/<kernel id> (a Kernel Gateway's kernels share "
+        "its cwd); unset: the kernel's own cwd (a pod's).",
+    )
+    remote_launch_timeout_s: float = Field(60, gt=0, description="How long a remote kernel may take to start.")
+    remote_request_timeout_s: float = Field(30, gt=0, description="Timeout of one call to the gateway.")
+    remote_max_message_mb: int = Field(
+        32, ge=1, description="Largest websocket message from the gateway; a larger one ends the cell and the kernel."
+    )
     work_dir_size_mb: int = Field(256, ge=1, description="Sandbox work dir size (a tmpfs when run as root).")
     reap_interval_s: float = Field(60, gt=0, description="How often containers no session owns are removed.")
     allow_unjailed: bool = Field(

@@ -128,8 +128,11 @@ class Sandbox(Protocol):
     """One isolated kernel with its own work dir. Not shared between sessions, never recycled."""
 
     id: str
-    workdir: Path
     jail: str
+
+    @property
+    def workdir(self) -> Path | None:
+        """The work dir on this host; None when there is none (a remote kernel: files go through kernel code)."""
 
     @property
     def state(self) -> SandboxState:
@@ -187,7 +190,15 @@ class Sandbox(Protocol):
 
 @runtime_checkable
 class Backend(Protocol):
-    """Makes sandboxes of one kind. ``start`` runs once (reaping what an earlier run left), ``stop`` once."""
+    """Makes sandboxes of one kind. ``start`` runs once (reaping what an earlier run left), ``stop`` once.
+
+    Optional capabilities (look them up with ``getattr``):
+
+    - ``shared: bool``: True when its sandboxes live outside this process (a remote gateway), so any replica of
+      the service may serve them; False (the default) for the local, Docker and fake backends.
+    - ``async attach(sandbox_id) -> Sandbox``: a sandbox for a kernel another replica created (shared backends);
+      raises SandboxError saying why when it is gone.
+    """
 
     name: str
 
@@ -228,3 +239,32 @@ class Backend(Protocol):
 
     async def stop(self) -> None:
         """Remove every sandbox of this backend."""
+
+
+@dataclass(frozen=True, slots=True)
+class FileStat:
+    """One regular file of a sandbox's work dir, by relative path."""
+
+    path: str
+    size: int
+    mtime_ns: int
+
+
+@runtime_checkable
+class SandboxFiles(Protocol):
+    """Optional capability of a sandbox with no host work dir (``workdir is None``): its files through kernel
+    code. Paths are relative to the work dir and already validated by the caller; the sandbox still refuses
+    absolute paths, ``..`` and paths that leave the work dir through a symlink (PermissionError).
+    Missing: FileNotFoundError; a directory where a file is wanted: IsADirectoryError."""
+
+    async def list_files(self, max_entries: int) -> tuple[list[FileStat], bool]:
+        """Regular files (symlinks not followed) and whether the listing was cut at ``max_entries`` names."""
+
+    async def read_file(self, path: str, limit: int) -> bytes | None:
+        """The file's bytes, or None when it is larger than ``limit``."""
+
+    async def write_file(self, path: str, data: bytes) -> int:
+        """Create or replace the file (parents made); returns the bytes written."""
+
+    async def delete_file(self, path: str) -> None:
+        """Remove a file or a directory tree."""

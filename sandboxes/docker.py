@@ -69,6 +69,7 @@ class DockerBackend:
     """Creates container sandboxes; owns the client, the die/oom event watcher, the reaper and the ZMQ context."""
 
     name = "docker"
+    shared = False
 
     def __init__(self, config: DockerConfig) -> None:
         import docker

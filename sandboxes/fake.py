@@ -207,6 +207,7 @@ class FakeBackend:
     """Makes FakeSandboxes under a temporary root; counts what it made and closed."""
 
     name = "fake"
+    shared = False
 
     def __init__(
         self,

@@ -175,6 +175,7 @@ class LocalBackend:
     """Creates jailed local kernels; owns what they share (uids, cgroup parent, jail mode, ZMQ context)."""
 
     name = "local"
+    shared = False
 
     def __init__(self, config: LocalConfig) -> None:
         self.config = config

@@ -80,6 +80,10 @@ class NewSession:
     egress: SandboxPolicy | None = None  # None: the service default
 
 
+class _NoHostDir(Exception):
+    """The sandbox has no work dir on this host (a remote kernel)."""
+
+
 @dataclass(frozen=True, slots=True)
 class SessionLimits:
     timeout_s: float
@@ -658,6 +662,10 @@ class SessionManager:
                 )
             return session.kept_workdir
         assert session.sandbox is not None
+        if session.sandbox.workdir is None:
+            # A remote kernel: its files are reached through kernel code (sandboxes.base.SandboxFiles), not yet
+            # wired into the file endpoints.
+            raise Conflict("files_remote", "this session's files live on the remote kernel")
         return session.sandbox.workdir
 
     def file_owner(self, session: Session) -> int | None:
@@ -968,7 +976,7 @@ class SessionManager:
         session.status = "busy"
         ex.publish("status", {"status": "running"})
         workdir = sandbox.workdir
-        before = await workfiles.scan_async(workdir, self.settings.max_scan_entries)
+        before = await workfiles.scan_async(workdir, self.settings.max_scan_entries) if workdir is not None else None
         # Its own task, so a cancel that has to kill the kernel can end it even if the backend never does.
         pump = asyncio.create_task(self._pump(sandbox, ex))
         ex.pump = pump
@@ -1000,6 +1008,8 @@ class SessionManager:
         files: list[FileInfo] = []
         omitted, cut = 0, False
         try:
+            if workdir is None or before is None:
+                raise _NoHostDir
             after = await workfiles.scan_async(workdir, self.settings.max_scan_entries)
             changed, omitted = workfiles.changed_bounded(
                 before, after, max_count=self.settings.max_result_files, max_bytes=self.settings.max_result_files_bytes
@@ -1009,6 +1019,8 @@ class SessionManager:
                 files, ex.files_refused = await asyncio.to_thread(
                     self._file_infos, session.id, workdir, changed, ex.one_shot
                 )
+        except _NoHostDir:
+            pass  # a remote kernel: no host work dir to compare
         except OSError:
             log.warning("listing the changed files of execution %s failed", ex.id, exc_info=True)
         self._finish(ex, end, status, files, files_omitted=omitted, files_truncated=omitted > 0 or cut)
