@@ -197,7 +197,8 @@ class Backend(Protocol):
     - ``shared: bool``: True when its sandboxes live outside this process (a remote gateway), so any replica of
       the service may serve them; False (the default) for the local, Docker and fake backends.
     - ``async attach(sandbox_id) -> Sandbox``: a sandbox for a kernel another replica created (shared backends);
-      raises SandboxError saying why when it is gone.
+      raises SandboxError saying why when it is gone. Its sandboxes also have ``async detach()``: stop using the
+      kernel in this process without ending it (a replica's graceful stop).
     """
 
     name: str

@@ -821,6 +821,15 @@ class RemoteSandbox:
         except SandboxError:
             log.warning("sandbox %s: stopping the kernel failed", self.id, exc_info=True)
 
+    async def detach(self) -> None:
+        """Stop using the kernel here without deleting it: another replica serves it next (a graceful stop of
+        this one). The sandbox is closed for this process; the kernel and its work dir stay on the gateway."""
+        if self._state == "closed":
+            return
+        self._state = "closed"
+        self.backend.live.pop(self.id, None)
+        await self._disconnect()
+
     async def close(self) -> None:
         """Delete the kernel on the gateway (its own work dir first, when it has one). Idempotent."""
         if self._state == "closed":

@@ -5,10 +5,17 @@ real PostgreSQL, one gateway) is further down."""
 
 from __future__ import annotations
 
+import json
+import os
 import secrets
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from executor.errors import NotFound, RateLimited
@@ -16,7 +23,8 @@ from executor.openapi.ratelimit import SharedRateLimiter
 from executor.sessions import NewSession
 from executor.store import Store
 from sandboxes.fake import FakeBackend, FakeSandbox
-from tests.conftest import free_port
+from tests.conftest import KEY_A, KEY_B, ServiceProcess, free_port, run
+from tests.gateway import Gateway, gateway_kernels, start_gateway
 from tests.postgres import Postgres, start_postgres
 from tests.test_manager import OWNER, Harness, _settings
 
@@ -98,6 +106,8 @@ async def test_a_shared_session_is_served_by_the_other_replica_and_ends_everywhe
         session = await a.manager.create(OWNER, NewSession())
         with pytest.raises(NotFound):
             await b.manager.find("key-other", session.id)
+        assert [v.id for v in await b.manager.list_everywhere(OWNER)] == [session.id]
+        assert await b.manager.list_everywhere("key-other") == []
         on_b = await b.manager.find(OWNER, session.id)
         ex = b.manager.submit(on_b, "print('from b')", None)
         await ex.done.wait()
@@ -175,3 +185,121 @@ async def test_shared_rate_limits_count_every_replicas_calls(store_url: str) -> 
     finally:
         for s in stores:
             await s.close()
+
+
+# -- end to end: two service processes, one real PostgreSQL, one gateway ---------------------------------------
+
+
+def _spawn_replica(name: str, tmp_path: Path, pg: Postgres, gw: Gateway) -> ServiceProcess:
+    port = free_port()
+    env = {
+        **os.environ,
+        "EXECUTOR_API_KEYS": f"{KEY_A},{KEY_B}",
+        "EXECUTOR_DATA_DIR": str(tmp_path / name),
+        "EXECUTOR_CACHE_DIR": str(tmp_path / "cache"),
+        "EXECUTOR_PORT": str(port),
+        "EXECUTOR_POOL_SIZE": "0",
+        "EXECUTOR_BACKEND": "remote",
+        "EXECUTOR_REMOTE_URL": gw.url,
+        "EXECUTOR_REMOTE_TOKEN": gw.token,
+        "EXECUTOR_REMOTE_WORK_DIR": str(gw.work_dir),
+        "EXECUTOR_DATABASE_URL": pg.url,
+        "EXECUTOR_RATE_LIMIT_STORE": "database",
+        "EXECUTOR_MAX_SESSIONS_PER_PRINCIPAL": "2",
+    }
+    log = tmp_path / f"{name}.log"
+    with log.open("ab") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "executor", "serve"], env=env, stdout=out, stderr=out)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"replica {name} exited: {log.read_text()}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                return ServiceProcess(proc, url, log)
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError(f"replica {name} did not become ready: {log.read_text()}")
+
+
+async def _stream(client: httpx.AsyncClient, sid: str, code: str) -> list[tuple[str, dict]]:
+    events: list[tuple[str, dict]] = []
+    async with client.stream(
+        "POST", f"/api/v1/sessions/{sid}/executions", json={"code": code}, headers={"Accept": "text/event-stream"}
+    ) as resp:
+        assert resp.status_code == 200, await resp.aread()
+        name = None
+        async for line in resp.aiter_lines():
+            if line.startswith("event: "):
+                name = line[7:]
+            elif line.startswith("data: ") and name is not None:
+                events.append((name, json.loads(line[6:])))
+                name = None
+    return events
+
+
+@pytest.mark.slow
+async def test_two_replicas_serve_one_session_and_it_survives_a_sigkill(tmp_path: Path, postgres: Postgres) -> None:
+    gw = start_gateway(tmp_path / "gateway")
+    replicas: list[ServiceProcess] = []
+    try:
+        a = _spawn_replica("a", tmp_path, postgres, gw)
+        replicas.append(a)
+        b = _spawn_replica("b", tmp_path, postgres, gw)
+        replicas.append(b)
+        auth = {"Authorization": f"Bearer {KEY_A}"}
+        async with (
+            httpx.AsyncClient(base_url=a.url, headers=auth, timeout=60) as on_a,
+            httpx.AsyncClient(base_url=b.url, headers=auth, timeout=60) as on_b,
+        ):
+            r = await on_a.post("/api/v1/sessions", json={})
+            assert r.status_code == 201, r.text
+            sid = r.json()["id"]
+            assert r.json()["backend"] == "remote"
+            assert (await run(on_a, sid, "x = 41\nprint('on a')"))["stdout"] == "on a\n"
+
+            # The other replica attaches to the same kernel: the state is there, and output streams as it comes.
+            events = await _stream(
+                on_b,
+                sid,
+                "import time\nfor i in range(3):\n    print(f'tick {i}', flush=True)\n    time.sleep(0.1)\nx + 1",
+            )
+            ticks = [p["text"] for n, p in events if n == "stream"]
+            assert "".join(ticks) == "tick 0\ntick 1\ntick 2\n" and len(ticks) >= 2, events
+            assert events[-1][0] == "done" and events[-1][1]["result"] == "42"
+            assert (await on_b.get(f"/api/v1/sessions/{sid}")).json()["status"] == "idle"
+            other = httpx.AsyncClient(base_url=b.url, headers={"Authorization": f"Bearer {KEY_B}"}, timeout=60)
+            async with other:
+                assert (await other.get(f"/api/v1/sessions/{sid}")).status_code == 404
+                assert (await other.post(f"/api/v1/sessions/{sid}/executions", json={"code": "1"})).status_code == 404
+
+            # Quotas count across replicas: one session on a, one on b, a third is refused on either.
+            second = await on_b.post("/api/v1/sessions", json={})
+            assert second.status_code == 201, second.text
+            for client in (on_a, on_b):
+                refused = await client.post("/api/v1/sessions", json={})
+                assert refused.status_code == 429 and refused.json()["error"] == "too_many_sessions", refused.text
+
+            # The replica that created the session is killed: the session lives on through the other.
+            a.kill(signal.SIGKILL)
+            replicas.remove(a)
+            assert (await run(on_b, sid, "x * 2"))["result"] == "82"
+            # A replica that starts again does not report it dead, and serves it too.
+            a2 = _spawn_replica("a", tmp_path, postgres, gw)
+            replicas.append(a2)
+            async with httpx.AsyncClient(base_url=a2.url, headers=auth, timeout=60) as on_a2:
+                assert (await run(on_a2, sid, "x"))["result"] == "41"
+                # Ended through one replica, it is gone on the other, and from the gateway.
+                assert (await on_a2.delete(f"/api/v1/sessions/{sid}")).status_code == 204
+            assert (await on_b.get(f"/api/v1/sessions/{sid}")).status_code == 404
+            gone = await on_b.post(f"/api/v1/sessions/{sid}/executions", json={"code": "1"})
+            assert gone.status_code == 404, gone.text
+            assert (await on_b.delete(f"/api/v1/sessions/{second.json()['id']}")).status_code == 204
+        assert gateway_kernels(gw) == []
+    finally:
+        for replica in replicas:
+            replica.kill(signal.SIGTERM)
+        gw.stop()

@@ -759,12 +759,12 @@ class SessionManager:
         for ex in pending:
             if not ex.finished:
                 self._finish(ex, EndEvent(status="dead", reason="this replica of the service stopped"), "cancelled")
-        detach = getattr(session.sandbox, "detach", None)
-        if detach is not None:
-            try:
+        detach = getattr(session.sandbox, "detach", None)  # shared backends' sandboxes have it
+        try:
+            if detach is not None:
                 await detach()
-            except Exception:
-                log.warning("letting go of the kernel of session %s failed", session.id, exc_info=True)
+        except Exception:
+            log.warning("letting go of the kernel of session %s failed", session.id, exc_info=True)
 
     async def _cull_loop(self) -> None:
         loop = asyncio.get_running_loop()
