@@ -26,6 +26,8 @@ import websockets
 from executor.settings import Settings
 from tests.conftest import KEY_A, Service, free_port, require_bwrap
 
+V1_PROTOCOL = "v1.kernel.websocket.jupyter.org"
+
 
 @pytest.fixture
 def settings(settings: Settings) -> Settings:
@@ -148,7 +150,9 @@ async def test_jupyter_server_runs_a_cell_on_the_service(service: Service, jupyt
         kid = r.json()["id"]
         assert await _service_kernels(service) == [kid]  # the kernel is the service's, under the same id
         assert (await c.get(f"/api/kernels/{kid}")).json()["execution_state"] in ("idle", "starting")
-        async with websockets.connect(jupyter.ws(kid)) as ws:
+        # JupyterLab asks for the binary v1 protocol; the gateway connection holds it to the classic JSON one.
+        async with websockets.connect(jupyter.ws(kid), subprotocols=[V1_PROTOCOL]) as ws:
+            assert ws.subprotocol is None
             got = await _run(ws, "import os\nx = 6 * 7\nprint(os.environ.get('EXECUTOR_SANDBOX', '')[:0] + 'hi')\nx")
             assert _stdout(got) == "hi\n"
             result = next(m for m in got if m["msg_type"] == "execute_result")
