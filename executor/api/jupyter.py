@@ -195,7 +195,8 @@ async def get_kernel(kernel_id: KernelId, request: Request, principal: Caller) -
 @router.delete("/api/kernels/{kernel_id}", status_code=204)
 async def delete_kernel(kernel_id: KernelId, request: Request, principal: Caller) -> Response:
     """End the kernel: the session, its sandbox and its work dir."""
-    await _manager(request).delete(principal.id, session_of(kernel_id))
+    # Answered once the kernel is gone from the face; its processes are killed beside the next requests.
+    await _manager(request).delete(principal.id, session_of(kernel_id), background=True)
     _face(request).forget_gone(_manager(request))
     return Response(status_code=204)
 
