@@ -38,6 +38,8 @@ WARM_UP = "__import__('matplotlib.pyplot'); __import__('pandas'); __import__('nu
 
 # Weight of the newest sample in the moving averages of start, warm-up and gate-hold durations.
 _ALPHA = 0.3
+# How long a refill waits after a hand-out while another ready sandbox is left (see _refill_after_hand_out).
+REFILL_DELAY_S = 0.25
 
 
 class StartQueueFull(SandboxError):
@@ -193,8 +195,10 @@ class Pool:
         warm_up_timeout_s: float = 60.0,
         start_estimate_s: float = 1.0,
         warm_up_estimate_s: float = 1.0,
+        refill_delay_s: float = REFILL_DELAY_S,
     ) -> None:
         self.backend = backend
+        self.refill_delay_s = refill_delay_s
         self.limits = limits
         self.size = size
         self.may_grow = may_grow
@@ -272,7 +276,7 @@ class Pool:
             if slot is not None:
                 assert slot.sandbox is not None
                 self._slots.remove(slot)
-                loop.call_soon(self.refill)
+                self._refill_after_hand_out(loop)
                 return slot.sandbox
             slot = self._claimable(loop.time())
             if slot is None:
@@ -282,6 +286,16 @@ class Pool:
                 return sandbox
             # Its start failed: try again from the top (another ready or in-flight one, or a cold start).
         return await self._cold_start(limits, env, labels, end, tuple(layers))
+
+    def _refill_after_hand_out(self, loop: asyncio.AbstractEventLoop) -> None:
+        # A kernel start takes a CPU for about a second: begun at once, it competes with the request that just
+        # took a sandbox (on a small host, its first cell ran ~2x slower). While another ready one is left for
+        # the next request, the refill waits a little, so a short request (Open WebUI's whole create, cell,
+        # delete) is over before it begins; with none left it begins at once.
+        if self.refill_delay_s > 0 and any(s.phase == "ready" and s.claim is None for s in self._slots):
+            loop.call_later(self.refill_delay_s, self.refill)
+        else:
+            loop.call_soon(self.refill)
 
     def take(self) -> Sandbox | None:
         """A ready pooled sandbox or None, without waiting; schedules a refill. (The older interface: new

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import uuid
 from datetime import UTC
 from typing import Annotated, Any
 
@@ -34,7 +33,7 @@ from executor.access.principal import Principal
 from executor.api.deps import authenticate
 from executor.api.jupyter_channels import Channels
 from executor.errors import DomainError, Forbidden, Invalid, NotFound, Unauthenticated
-from executor.jupyter.face import JupyterFace, JupyterSession
+from executor.jupyter.face import JupyterFace, JupyterSession, kernel_id_of, new_session_id, session_of
 from executor.jupyter.messages import KERNEL_NAME
 from executor.sessions import NewSession, Session, SessionManager
 
@@ -85,14 +84,15 @@ Caller = Annotated[Principal, Depends(_principal)]
 
 
 def _iso(moment: Any) -> str:
-    return str(moment.astimezone(UTC).isoformat().replace("+00:00", "Z"))
+    # Always with microseconds: jupyter_server's gateway client parses it with "%Y-%m-%dT%H:%M:%S.%fZ".
+    return str(moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"))
 
 
 def kernel_model(session: Session, face: JupyterFace) -> dict[str, Any]:
     """A kernel as Jupyter Server describes one."""
     state = {"idle": "idle", "busy": "busy"}.get(session.status, "dead")
     return {
-        "id": session.id,
+        "id": kernel_id_of(session.id),
         "name": KERNEL_NAME,
         "last_activity": _iso(session.last_active),
         "execution_state": state,
@@ -183,19 +183,20 @@ async def start_kernel(
     face.forget_gone(manager)
     session = await manager.create(principal.id, NewSession())
     model = kernel_model(session, face)
-    location = f"{request.url.path.rstrip('/')}/{session.id}"
+    location = f"{request.url.path.rstrip('/')}/{kernel_id_of(session.id)}"
     return JSONResponse(model, status_code=201, headers={"Location": location})
 
 
 @router.get("/api/kernels/{kernel_id}")
 async def get_kernel(kernel_id: KernelId, request: Request, principal: Caller) -> dict[str, Any]:
-    return kernel_model(_manager(request).get(principal.id, kernel_id), _face(request))
+    return kernel_model(await _manager(request).find(principal.id, session_of(kernel_id)), _face(request))
 
 
 @router.delete("/api/kernels/{kernel_id}", status_code=204)
 async def delete_kernel(kernel_id: KernelId, request: Request, principal: Caller) -> Response:
     """End the kernel: the session, its sandbox and its work dir."""
-    await _manager(request).delete(principal.id, kernel_id)
+    # Answered once the kernel is gone from the face; its processes are killed beside the next requests.
+    await _manager(request).delete(principal.id, session_of(kernel_id), background=True)
     _face(request).forget_gone(_manager(request))
     return Response(status_code=204)
 
@@ -204,7 +205,7 @@ async def delete_kernel(kernel_id: KernelId, request: Request, principal: Caller
 async def interrupt_kernel(kernel_id: KernelId, request: Request, principal: Caller) -> Response:
     """Interrupt the running cell (it ends cancelled; the kernel and its state stay)."""
     manager = _manager(request)
-    session = manager.get(principal.id, kernel_id)
+    session = await manager.find(principal.id, session_of(kernel_id))
     if session.current is not None:
         await manager.cancel(session, session.current)
     return Response(status_code=204)
@@ -213,7 +214,7 @@ async def interrupt_kernel(kernel_id: KernelId, request: Request, principal: Cal
 @router.post("/api/kernels/{kernel_id}/restart")
 async def restart_kernel(kernel_id: KernelId, request: Request, principal: Caller) -> dict[str, Any]:
     """A fresh kernel in the same sandbox (variables gone, files kept). 409 while a cell runs."""
-    session = await _manager(request).restart(principal.id, kernel_id)
+    session = await _manager(request).restart(principal.id, session_of(kernel_id))
     _face(request).counts.pop(session.id, None)
     return kernel_model(session, _face(request))
 
@@ -247,11 +248,11 @@ async def create_jupyter_session(request: Request, principal: Caller, body: Jupy
     wanted = body.kernel or {}
     kernel_id = wanted.get("id")
     if isinstance(kernel_id, str) and kernel_id:
-        session = manager.get(principal.id, kernel_id)
+        session = await manager.find(principal.id, session_of(kernel_id[:64]))
     else:
         _check_name(wanted.get("name") if isinstance(wanted.get("name"), str) else None)
         session = await manager.create(principal.id, NewSession())
-    js = JupyterSession(uuid.uuid4().hex, principal.id, session.id, body.path[:1024], body.name[:256], body.type[:64])
+    js = JupyterSession(new_session_id(), principal.id, session.id, body.path[:1024], body.name[:256], body.type[:64])
     face.sessions[js.id] = js
     return _session_model(js, session, face)
 
@@ -318,9 +319,9 @@ async def channels(websocket: WebSocket, kernel_id: str) -> None:
         return
     manager = _manager(websocket)
     try:
-        session = manager.get(principal.id, kernel_id[:64])
-    except NotFound as exc:
-        await _deny(websocket, 404, exc.code, exc.message)
+        session = await manager.find(principal.id, session_of(kernel_id[:64]))
+    except DomainError as exc:  # not yours or no such kernel (404); a dead one of a shared backend (409)
+        await _deny(websocket, 404 if isinstance(exc, NotFound) else 409, exc.code, exc.message)
         return
     await websocket.accept()
     face = _face(websocket)

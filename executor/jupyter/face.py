@@ -5,9 +5,33 @@ In memory, as Jupyter Server keeps it: everything here belongs to a session of t
 
 from __future__ import annotations
 
+import re
+import uuid
 from dataclasses import dataclass, field
 
 from executor.sessions import SessionManager
+
+_HEX_ID = re.compile(r"^[0-9a-f]{32}$")
+_DASHED_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+
+
+def kernel_id_of(session_id: str) -> str:
+    """The kernel id a session is known by on this face: its id as a dashed UUID.
+
+    Jupyter Server routes kernels only by ids of that shape (``\\w+-\\w+-\\w+-\\w+-\\w+``): a jupyter server
+    whose gateway is this service answers 404 for any other id, before asking here."""
+    return str(uuid.UUID(hex=session_id)) if _HEX_ID.match(session_id) else session_id
+
+
+def session_of(kernel: str) -> str:
+    """The session behind a kernel id of this face (the dashed or the plain form of the session's id)."""
+    lowered = kernel.lower()
+    return lowered.replace("-", "") if _DASHED_ID.match(lowered) else kernel
+
+
+def new_session_id() -> str:
+    """A Jupyter session's id (a dashed UUID, as Jupyter Server routes them)."""
+    return str(uuid.uuid4())
 
 
 @dataclass

@@ -239,6 +239,7 @@ class SessionManager:
         self.sessions: dict[str, Session] = {}
         self._starting: dict[str, int] = {}  # principal -> sessions being created
         self._leases: dict[str, str] = {}  # sandbox id -> owner, for sandboxes outside sessions (tool hosts)
+        self._closing: set[asyncio.Task[None]] = set()  # sandbox closes of sessions ended with background=True
         self._culler: asyncio.Task[None] | None = None
         self._started: list[str] = []  # backends started (and so to stop), in order
         self._keeps_files: dict[str, bool] = {}
@@ -332,6 +333,8 @@ class SessionManager:
             ),
             return_exceptions=True,
         )
+        while self._closing:  # sandboxes of sessions ended in the background (end(background=True))
+            await asyncio.gather(*list(self._closing), return_exceptions=True)
         await self.persist.close()
         for name in reversed(self._started):
             try:
@@ -702,13 +705,20 @@ class SessionManager:
         self.persist.set_status_later(session.id, "idle", None)
         return session
 
-    async def delete(self, owner: str | None, session_id: str) -> None:
-        """End a session; ``owner=None`` lets an admin end anyone's."""
+    async def delete(self, owner: str | None, session_id: str, *, background: bool = False) -> None:
+        """End a session; ``owner=None`` lets an admin end anyone's. ``background``: see :meth:`end`."""
         session = await self.find(owner, session_id)
-        await self.end(session, "closed", "deleted by its owner" if owner else "deleted by an admin")
+        reason = "deleted by its owner" if owner else "deleted by an admin"
+        await self.end(session, "closed", reason, background=background)
 
-    async def end(self, session: Session, status: SessionStatus, reason: str) -> None:
-        """Stop the worker, fail what is queued, kill the sandbox and remove its work dir."""
+    async def end(self, session: Session, status: SessionStatus, reason: str, *, background: bool = False) -> None:
+        """Stop the worker, fail what is queued, kill the sandbox and remove its work dir.
+
+        ``background``: return once the session is gone from memory (no request finds it any more) and its
+        executions are finished; the sandbox's kill (waiting for its processes to end, ~25 ms locally) and the
+        status write go on beside the next requests, and :meth:`stop` waits for them. For callers whose client
+        never reads the session again (the Jupyter face's DELETE): a GET on the session API in those few
+        milliseconds may still read it as idle from the store."""
         if session.id not in self.sessions:
             return
         del self.sessions[session.id]
@@ -723,6 +733,26 @@ class SessionManager:
                 await session.worker
         session.status = status
         session.reason = reason
+        if background:
+            task = asyncio.create_task(self._release_session_sandbox(session))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+        else:
+            await self._release_session_sandbox(session)
+        pending = [running] if running else []
+        while not session.queue.empty():
+            pending.append(session.queue.get_nowait())
+        for ex in pending:
+            if not ex.finished:
+                self._finish(ex, EndEvent(status="dead", reason=f"the session ended: {reason}"), "cancelled")
+        if background:
+            self.persist.set_status_later(session.id, status, reason)
+        else:
+            # Awaited: once DELETE answers, a GET must find the session closed, not live.
+            await self.persist.set_status(session.id, status, reason)
+
+    async def _release_session_sandbox(self, session: Session) -> None:
+        """Close an ended session's sandbox (or remove the kept files of a restored one). Never raises."""
         if session.sandbox is not None:
             try:
                 if self.egress is not None:
@@ -735,14 +765,6 @@ class SessionManager:
                 await self.backends[session.backend].discard(session.sandbox_id)
             except Exception:
                 log.exception("could not remove the kept files of session %s", session.id)
-        pending = [running] if running else []
-        while not session.queue.empty():
-            pending.append(session.queue.get_nowait())
-        for ex in pending:
-            if not ex.finished:
-                self._finish(ex, EndEvent(status="dead", reason=f"the session ended: {reason}"), "cancelled")
-        # Awaited, not in the background: once DELETE answers, a GET must find the session closed, not live.
-        await self.persist.set_status(session.id, status, reason)
 
     async def _let_go(self, session: Session) -> None:
         """Stop serving a shared session in this process without ending it: its kernel and its record stay for
