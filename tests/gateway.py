@@ -62,6 +62,9 @@ def start_gateway(tmp_dir: Path) -> Gateway:
                 f"--KernelGatewayApp.auth_token={token}",
                 "--JupyterWebsocketPersonality.list_kernels=True",
                 "--KernelGatewayApp.default_kernel_name=python3",
+                # jupyter_server drops iopub output past 1 MB/s silently; the service caps output itself.
+                "--ZMQChannelsWebsocketConnection.iopub_data_rate_limit=0",
+                "--ZMQChannelsWebsocketConnection.iopub_msg_rate_limit=0",
             ],
             cwd=tmp_dir,
             env=env,

@@ -199,6 +199,7 @@ async def _wait_done(client: httpx.AsyncClient, sid: str, eid: str) -> dict:
     raise AssertionError("execution did not finish")
 
 
+@pytest.mark.not_remote("the gateway restarts a dead kernel itself and reports no exit status")
 async def test_kernel_death_marks_the_session_dead(client: httpx.AsyncClient, session: dict) -> None:
     sid = session["id"]
     r = await run(client, sid, "import os\nos._exit(3)")
@@ -234,6 +235,7 @@ async def test_restart_clears_state_keeps_files_and_revives_a_dead_session(
     await client.post(f"/api/v1/sessions/{sid}/executions/{busy.json()['id']}/cancel")
 
 
+@pytest.mark.not_remote("the gateway restarts a dead kernel itself and reports no signal")
 async def test_segfault_marks_the_session_dead(client: httpx.AsyncClient, session: dict) -> None:
     r = await run(client, session["id"], "import ctypes\nctypes.string_at(0)")
     assert r["status"] == "error" and r["error"]["name"] == "KernelDied"
@@ -328,6 +330,7 @@ async def test_env_reaches_the_kernel_but_not_service_secrets(client: httpx.Asyn
         await client.delete(f"/api/v1/sessions/{sid}")
 
 
+@pytest.mark.not_remote("files through kernel code are not wired into the session API yet (409 files_remote)")
 async def test_one_shot_execute(client: httpx.AsyncClient, service: Service) -> None:
     payload = base64.b64encode(b"a,b\n1,2\n").decode()
     r = await client.post(
@@ -355,6 +358,8 @@ async def test_health_and_readiness(client: httpx.AsyncClient, backend_name: str
     assert body["backend"]["backend"] == backend_name
     if backend_name == "local":
         assert body["backend"]["jail"] == "bwrap"
+    elif backend_name == "remote":
+        assert "the service jails nothing" in body["backend"]["isolation"]
     else:
         assert body["backend"]["network"] == "none" and body["backend"]["seccomp"] is True
     schema = (await client.get("/openapi.json")).json()
@@ -412,6 +417,7 @@ async def test_create_session_accepts_an_empty_body(client: httpx.AsyncClient) -
         assert (await client.delete(f"/api/v1/sessions/{r.json()['id']}")).status_code == 204
 
 
+@pytest.mark.not_remote("files through kernel code are not wired into the session API yet (409 files_remote)")
 async def test_one_shot_returns_files_above_the_inline_threshold(service: Service, client: httpx.AsyncClient) -> None:
     code = "open('big.bin', 'wb').write(b'\\x01' * (3 << 20))\nopen('small.txt', 'w').write('hi')\n'ok'"
     r = await client.post("/api/v1/execute", json={"code": code})
