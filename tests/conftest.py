@@ -238,6 +238,32 @@ class ServiceProcess:
         self.proc.wait(timeout=30)
 
 
+def serve_process(
+    env: dict[str, str], port: int, log: Path, procs: list[subprocess.Popen[bytes]] | None = None
+) -> ServiceProcess:
+    """``executor serve`` with ``env``, once its /readyz answers on ``port`` (its output appended to ``log``)."""
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "executor", "serve"], env=env, stdout=out, stderr=subprocess.STDOUT
+        )
+    if procs is not None:
+        procs.append(proc)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"service exited: {log.read_text()}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                return ServiceProcess(proc, url, log)
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    raise RuntimeError(f"service did not become ready: {log.read_text()}")
+
+
 @pytest.fixture
 def spawn_service(settings: Settings, tmp_path: Path) -> Iterator[object]:
     procs: list[subprocess.Popen[bytes]] = []
@@ -253,24 +279,7 @@ def spawn_service(settings: Settings, tmp_path: Path) -> Iterator[object]:
             "EXECUTOR_POOL_SIZE": str(settings.pool_size),
             "EXECUTOR_BACKEND": settings.backend,
         }
-        log = tmp_path / f"service-{len(procs)}.log"
-        with log.open("wb") as out:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "executor", "serve"], env=env, stdout=out, stderr=subprocess.STDOUT
-            )
-        procs.append(proc)
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError(f"service exited: {log.read_text()}")
-            try:
-                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                    return ServiceProcess(proc, url, log)
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.05)
-        raise RuntimeError(f"service did not become ready: {log.read_text()}")
+        return serve_process(env, port, tmp_path / f"service-{len(procs)}.log", procs)
 
     yield spawn
     for proc in procs:

@@ -9,9 +9,6 @@ import json
 import os
 import secrets
 import signal
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,7 +20,7 @@ from executor.openapi.ratelimit import SharedRateLimiter
 from executor.sessions import NewSession
 from executor.store import Store
 from sandboxes.fake import FakeBackend, FakeSandbox
-from tests.conftest import KEY_A, KEY_B, ServiceProcess, free_port, run
+from tests.conftest import KEY_A, KEY_B, ServiceProcess, free_port, run, serve_process
 from tests.gateway import Gateway, gateway_kernels, start_gateway
 from tests.postgres import Postgres, start_postgres
 from tests.test_manager import OWNER, Harness, _settings
@@ -207,22 +204,7 @@ def _spawn_replica(name: str, tmp_path: Path, pg: Postgres, gw: Gateway) -> Serv
         "EXECUTOR_RATE_LIMIT_STORE": "database",
         "EXECUTOR_MAX_SESSIONS_PER_PRINCIPAL": "2",
     }
-    log = tmp_path / f"{name}.log"
-    with log.open("ab") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "executor", "serve"], env=env, stdout=out, stderr=out)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"replica {name} exited: {log.read_text()}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                return ServiceProcess(proc, url, log)
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.05)
-    proc.kill()
-    raise RuntimeError(f"replica {name} did not become ready: {log.read_text()}")
+    return serve_process(env, port, tmp_path / f"{name}.log")
 
 
 async def _stream(client: httpx.AsyncClient, sid: str, code: str) -> list[tuple[str, dict]]:
