@@ -173,7 +173,8 @@ async def running_service(tmp_path: Path, **overrides: Any) -> AsyncIterator[htt
         "cache_dir": _shared.get("cache_dir"),
         "pool_size": 0,
         "egress_allowlist": ["127.0.0.1"],
-        "tool_server_timeout_s": 2,
+        # Room for a loaded CI machine: a loopback spec fetch once took over 2 s there (the slow call waits it out).
+        "tool_server_timeout_s": 5,
         "tool_server_retry_backoff_s": 0.01,
         "tool_server_max_response_bytes": 1 << 16,
     }
